@@ -1,0 +1,29 @@
+"""Train (or resume) one VAE run.
+
+  python scripts/train.py --config experiments/quickstart.py --workdir runs/quickstart
+  python scripts/train.py --config experiments/quickstart.py --config.beta=2 --workdir runs/beta2
+
+Re-running on an existing workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vae import cli, runs, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created if needed).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over epochs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  with cli.user_errors():
+    summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    print(train.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
+
+
+if __name__ == "__main__":
+  app.run(main)

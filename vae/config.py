@@ -1,0 +1,146 @@
+"""The run configuration: every field, its default, and its validation.
+
+Experiment files in ``experiments/`` start from :func:`default_config` and
+change what they need; every field can then be overridden on the command line
+(``--config.beta=2``). :func:`validate` checks a resolved config and raises
+:class:`ConfigError` naming the field, the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vae import likelihoods, models
+
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
+BINARIZE = ("none", "dynamic", "static")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that is not accepted."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults (a 784-400-20 Bernoulli MLP on mnist_5k)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # everything random derives from jax.random.key(seed)
+
+  # Data.
+  c.dataset = "mnist_5k"  # see vae.data.DATASETS
+  c.data_dir = ""  # TFDS data_dir ("" = TFDS default)
+  c.manual_dir = ""  # offline route: directory holding the raw files
+  c.binarize = "none"  # "dynamic": fresh Bernoulli draw of pixels every epoch
+  c.data_shape = (28, 28, 1)  # filled from the dataset at run time
+
+  # Model.
+  c.architecture = "mlp"  # "mlp" | "conv"
+  c.hidden_sizes = (400,)  # MLP encoder widths; the decoder mirrors them
+  c.conv_features = (32, 64)  # conv encoder channels; the decoder mirrors them
+  c.activation = "relu"
+  c.latent_dim = 20
+  c.likelihood = "bernoulli"  # "bernoulli" | "continuous_bernoulli" | "gaussian"
+  c.gaussian_sigma = 1.0  # fixed sigma of the Gaussian likelihood
+  c.learn_scale = False  # Gaussian: learn a per-pixel log-scale instead
+
+  # Objective.
+  c.beta = 1.0  # KL weight
+
+  # Optimisation.
+  c.num_epochs = 50
+  c.batch_size = 128
+  c.optimizer = "adam"
+  c.learning_rate = 1e-3
+  c.lr_schedule = "constant"
+  c.warmup_epochs = 0  # warmup_cosine only
+  c.lr_decay_rate = 0.1  # exponential: factor reached at the last step
+  c.weight_decay = 0.0  # adamw only
+  c.grad_clip_norm = 0.0  # > 0: clip gradients to this global norm
+
+  # Evaluation and checkpoints.
+  c.eval_batch_size = 1000
+  c.keep_checkpoints = 3  # latest N kept (plus the best by test ELBO)
+  c.checkpoint_every_epochs = 1
+  return c
+
+
+def _fail(field: str, value, accepted: str):
+  raise ConfigError(f"config.{field}={value!r} is not accepted: {accepted}")
+
+
+def _choice(config, field: str, choices) -> None:
+  if config[field] not in choices:
+    _fail(field, config[field], f"one of {tuple(choices)}")
+
+
+def _positive_int(config, field: str, minimum: int = 1) -> None:
+  value = config[field]
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    _fail(field, value, f"an integer >= {minimum}")
+
+
+def validate(config: ml_collections.ConfigDict,
+             datasets=None) -> ml_collections.ConfigDict:
+  """Check a resolved config; raise ConfigError naming the first bad field.
+
+  Args:
+    config: the resolved config.
+    datasets: accepted dataset names (defaults to vae.data.DATASETS).
+
+  Returns:
+    ``config`` unchanged, for chaining.
+  """
+  if datasets is None:
+    from vae import data  # local: keeps config importable without data deps
+    datasets = data.DATASETS
+  known = set(default_config().keys())
+  extra = sorted(set(config.keys()) - known - _experiment_fields(config))
+  if extra:
+    _fail(extra[0], config[extra[0]], f"a known field; known: {sorted(known)}")
+  _positive_int(config, "seed", 0)
+  _choice(config, "dataset", datasets)
+  _choice(config, "binarize", BINARIZE)
+  _choice(config, "architecture", models.ARCHITECTURES)
+  _choice(config, "activation", models.ACTIVATIONS)
+  _choice(config, "likelihood", likelihoods.LIKELIHOODS)
+  _choice(config, "optimizer", OPTIMIZERS)
+  _choice(config, "lr_schedule", LR_SCHEDULES)
+  _positive_int(config, "latent_dim")
+  _positive_int(config, "num_epochs")
+  _positive_int(config, "batch_size")
+  _positive_int(config, "eval_batch_size")
+  _positive_int(config, "keep_checkpoints")
+  _positive_int(config, "checkpoint_every_epochs")
+  _positive_int(config, "warmup_epochs", 0)
+  widths = tuple(config.hidden_sizes)
+  if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
+    _fail("hidden_sizes", widths, "a non-empty tuple of positive integers")
+  feats = tuple(config.conv_features)
+  if not feats or any(not isinstance(f, int) or f < 1 for f in feats):
+    _fail("conv_features", feats, "a non-empty tuple of positive integers")
+  for field in ("beta", "weight_decay", "grad_clip_norm"):
+    if not config[field] >= 0:
+      _fail(field, config[field], "a number >= 0")
+  for field in ("learning_rate", "gaussian_sigma"):
+    if not config[field] > 0:
+      _fail(field, config[field], "a number > 0")
+  if not 0 < config.lr_decay_rate <= 1:
+    _fail("lr_decay_rate", config.lr_decay_rate, "a number in (0, 1]")
+  if config.learn_scale and config.likelihood != "gaussian":
+    _fail("learn_scale", config.learn_scale,
+          f"False unless likelihood='gaussian' (it is {config.likelihood!r})")
+  if config.warmup_epochs and config.lr_schedule != "warmup_cosine":
+    _fail("warmup_epochs", config.warmup_epochs,
+          f"0 unless lr_schedule='warmup_cosine' (it is {config.lr_schedule!r})")
+  if config.warmup_epochs >= config.num_epochs > 0 and config.warmup_epochs:
+    _fail("warmup_epochs", config.warmup_epochs,
+          f"fewer than num_epochs={config.num_epochs}")
+  if config.weight_decay and config.optimizer != "adamw":
+    _fail("weight_decay", config.weight_decay,
+          f"0 unless optimizer='adamw' (it is {config.optimizer!r})")
+  return config
+
+
+def _experiment_fields(config) -> set[str]:
+  """Fields an experiment may add for its own bookkeeping (e.g. ``quick``)."""
+  return {"quick", "name", "description"} & set(config.keys())

@@ -1,0 +1,195 @@
+"""Flax Linen encoders and decoders: the one place where architectures live.
+
+Modules here hold no state and draw no random numbers. The encoder maps images
+``[..., H, W, C]`` to the posterior's ``(mean, logvar)``, each
+``[..., latent_dim]``; the decoder maps ``z`` ``[..., latent_dim]`` to the
+likelihood's natural parameters (see :mod:`vae.likelihoods`). Sampling lives in
+:mod:`vae.core`, so ``decode(encode(x).mean)`` is the whole deterministic path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae import likelihoods
+
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "swish",
+               "sigmoid")
+ARCHITECTURES = ("mlp", "conv")
+
+
+def activation_fn(name: str):
+  """The activation called ``name`` (one of ACTIVATIONS)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"activation={name!r} is not known; accepted: {ACTIVATIONS}")
+  return getattr(jax.nn, name)
+
+
+class MLPEncoder(nn.Module):
+  """Flatten, hidden Dense layers, then one Dense(2 * latent_dim) head.
+
+  The mean and log-variance share one head matrix (split afterwards): one
+  matrix product instead of two.
+  """
+
+  hidden_sizes: Sequence[int]
+  latent_dim: int
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    act = activation_fn(self.activation)
+    h = x.reshape(x.shape[:-3] + (-1,))
+    for width in self.hidden_sizes:
+      h = act(nn.Dense(width)(h))
+    mean, logvar = jnp.split(nn.Dense(2 * self.latent_dim, name="head")(h), 2, -1)
+    return mean, logvar
+
+
+class MLPDecoder(nn.Module):
+  """Hidden Dense layers, then Dense(H * W * C * out_per_pixel), reshaped."""
+
+  hidden_sizes: Sequence[int]
+  data_shape: tuple[int, int, int]
+  out_per_pixel: int = 1
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    act = activation_fn(self.activation)
+    hidden = z
+    for width in self.hidden_sizes:
+      hidden = act(nn.Dense(width)(hidden))
+    height, width, channels = self.data_shape
+    out = nn.Dense(height * width * channels * self.out_per_pixel,
+                   name="head")(hidden)
+    return out.reshape(z.shape[:-1] +
+                       (height, width, channels * self.out_per_pixel))
+
+
+class ConvEncoder(nn.Module):
+  """Strided 3x3 convolutions (28 -> 14 -> 7), flatten, Dense head."""
+
+  features: Sequence[int] = (32, 64)
+  latent_dim: int = 16
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    act = activation_fn(self.activation)
+    batch_shape = x.shape[:-3]
+    h = x.reshape((-1,) + x.shape[-3:])
+    for f in self.features:
+      h = act(nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME")(h))
+    h = h.reshape(h.shape[0], -1)
+    mean, logvar = jnp.split(nn.Dense(2 * self.latent_dim, name="head")(h), 2, -1)
+    return mean.reshape(batch_shape + mean.shape[-1:]), logvar.reshape(
+        batch_shape + logvar.shape[-1:])
+
+
+class ConvDecoder(nn.Module):
+  """Dense to a (H/2^k, W/2^k, features[-1]) map, transposed convolutions up,
+  then a 3x3 convolution to ``C * out_per_pixel`` channels."""
+
+  data_shape: tuple[int, int, int]
+  features: Sequence[int] = (64, 32)
+  out_per_pixel: int = 1
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> jax.Array:
+    act = activation_fn(self.activation)
+    height, width, channels = self.data_shape
+    scale = 2 ** len(self.features)
+    if height % scale or width % scale:
+      raise ValueError(
+          f"ConvDecoder: data_shape {self.data_shape} is not divisible by "
+          f"2**len(features) = {scale}")
+    batch_shape = z.shape[:-1]
+    h = z.reshape(-1, z.shape[-1])
+    h = act(nn.Dense(height // scale * width // scale * self.features[0])(h))
+    h = h.reshape(-1, height // scale, width // scale, self.features[0])
+    for f in self.features:
+      h = act(nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME")(h))
+    out = nn.Conv(channels * self.out_per_pixel, (3, 3), padding="SAME",
+                  name="head")(h)
+    return out.reshape(batch_shape + out.shape[1:])
+
+
+class VAE(nn.Module):
+  """An encoder, a decoder and the likelihood their output parameterises.
+
+  A static description (hashable, so it can be a ``jit`` static argument);
+  the parameters live outside, in the pytree ``init`` returns. Use it through
+  :func:`vae.core.encode` / :func:`vae.core.decode`, which take ``params``.
+
+  Attributes:
+    encoder: module mapping ``[..., H, W, C]`` to ``(mean, logvar)``.
+    decoder: module mapping ``[..., latent_dim]`` to raw outputs
+      ``[..., H, W, C * out_per_pixel]``.
+    likelihood: one of :data:`vae.likelihoods.LIKELIHOODS`.
+    gaussian_sigma: fixed standard deviation for ``gaussian`` when
+      ``learn_scale`` is False.
+    learn_scale: ``gaussian`` only: the decoder outputs a per-pixel log-scale.
+  """
+
+  encoder: nn.Module
+  decoder: nn.Module
+  likelihood: str = "bernoulli"
+  gaussian_sigma: float = 1.0
+  learn_scale: bool = False
+
+  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.encoder(x)
+
+  def decode(self, z: jax.Array) -> likelihoods.NaturalParams:
+    out = self.decoder(z)
+    if self.likelihood != "gaussian":
+      return out
+    if self.learn_scale:
+      mean, log_scale = jnp.split(out, 2, axis=-1)
+      return likelihoods.GaussianParams(mean, log_scale)
+    return likelihoods.GaussianParams(
+        out, jnp.asarray(math.log(self.gaussian_sigma), out.dtype))
+
+  def __call__(self, x: jax.Array) -> likelihoods.NaturalParams:
+    """Encode then decode the posterior mean (used to create parameters)."""
+    mean, _ = self.encode(x)
+    return self.decode(mean)
+
+
+def out_per_pixel(likelihood: str, learn_scale: bool) -> int:
+  """Decoder outputs per data value: 2 for a learned Gaussian scale, else 1."""
+  return 2 if likelihood == "gaussian" and learn_scale else 1
+
+
+def build_model(config) -> VAE:
+  """The VAE a config describes (fields: architecture, hidden_sizes,
+  conv_features, activation, latent_dim, likelihood, gaussian_sigma,
+  learn_scale, data_shape)."""
+  data_shape = tuple(config.data_shape)
+  k = out_per_pixel(config.likelihood, config.learn_scale)
+  if config.architecture == "mlp":
+    hidden = tuple(config.hidden_sizes)
+    encoder = MLPEncoder(hidden, config.latent_dim, config.activation)
+    decoder = MLPDecoder(hidden[::-1], data_shape, k, config.activation)
+  elif config.architecture == "conv":
+    feats = tuple(config.conv_features)
+    encoder = ConvEncoder(feats, config.latent_dim, config.activation)
+    decoder = ConvDecoder(data_shape, feats[::-1], k, config.activation)
+  else:
+    raise ValueError(f"architecture={config.architecture!r} is not known; "
+                     f"accepted: {ARCHITECTURES}")
+  return VAE(encoder, decoder, config.likelihood, float(config.gaussian_sigma),
+             bool(config.learn_scale))
+
+
+def init_params(model: VAE, key: jax.Array, data_shape: Sequence[int]):
+  """Fresh parameters for ``model``: a plain pytree (the ``params`` collection)."""
+  dummy = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
+  return model.init(key, dummy)["params"]

@@ -1,0 +1,169 @@
+"""The run directory: its layout, its config, its metrics log and provenance.
+
+A workdir holds::
+
+  config.json      the resolved config (every field), written before training
+  provenance.json  versions, platform, devices and git commit of the code
+  metrics.jsonl    one JSON object per epoch (timings in fields ending in _s)
+  checkpoints/     orbax checkpoints (see vae.checkpoint)
+
+Everything a later tool (resume, evaluate, plot) needs is read from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+import ml_collections
+
+CONFIG_FILE = "config.json"
+PROVENANCE_FILE = "provenance.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+# Fields that may change when a run is resumed (extending training).
+RESUMABLE_CHANGES = ("num_epochs",)
+
+
+class RunError(RuntimeError):
+  """The workdir cannot be used as asked (message says why and what to do)."""
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+  """Write ``obj`` as JSON to ``path`` via a temporary file and a rename."""
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A JSON-ready dict of the config (tuples become lists)."""
+  return json.loads(config.to_json())
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The resolved config saved in a run directory."""
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise RunError(f"{path} does not exist: {workdir} is not a run directory")
+  d = json.loads(path.read_text())
+  for key, value in d.items():
+    if isinstance(value, list):
+      d[key] = tuple(value)
+  return ml_collections.ConfigDict(d)
+
+
+def prepare_workdir(workdir: str | os.PathLike,
+                    config: ml_collections.ConfigDict) -> Path:
+  """Create ``workdir`` and record the config, or check it matches a resumed run.
+
+  Raises:
+    RunError: the directory is not writable, or it holds a run whose config
+      differs in a field other than those in RESUMABLE_CHANGES.
+  """
+  workdir = Path(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write_test"
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise RunError(f"workdir {workdir} is not writable: {e}") from None
+  new = config_to_dict(config)
+  path = workdir / CONFIG_FILE
+  if path.exists():
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in set(old) | set(new)
+                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+      diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+      raise RunError(
+          f"{workdir} holds a run with a different config ({diffs}). Resume it "
+          f"with the same config (only {RESUMABLE_CHANGES} may change) or "
+          f"choose a new --workdir.")
+  write_json_atomic(path, new)
+  write_json_atomic(workdir / PROVENANCE_FILE, provenance())
+  return workdir
+
+
+def provenance() -> dict[str, Any]:
+  """What produced a result: versions, platform, devices, code commit."""
+  import jax  # local: importing jax is slow and this module is light
+
+  def version(dist: str) -> str | None:
+    try:
+      return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+      return None
+
+  code_dir = Path(__file__).resolve().parent
+  commit, dirty = None, None
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code_dir,
+                            capture_output=True, text=True,
+                            check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "."],
+                                cwd=code_dir.parent, capture_output=True,
+                                text=True, check=True).stdout.strip())
+  except (OSError, subprocess.CalledProcessError):
+    pass
+  return {
+      "python": sys.version.split()[0],
+      "versions": {d: version(d) for d in (
+          "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy",
+          "ml_collections", "tensorflow-datasets", "vae")},
+      "platform": platform.platform(),
+      "machine": platform.machine(),
+      "jax_backend": jax.default_backend(),
+      "devices": [d.device_kind for d in jax.devices()],
+      "git_commit": commit,
+      "git_dirty": dirty,
+      "argv": sys.argv,
+  }
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """All records of ``metrics.jsonl`` (an empty list if there is none)."""
+  path = Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        break  # a line cut short by a crash: everything after it is dropped
+  return records
+
+
+def truncate_metrics(workdir: str | os.PathLike, last_epoch: int) -> None:
+  """Keep only records with ``epoch <= last_epoch`` (used when resuming)."""
+  kept = [r for r in read_metrics(workdir) if r["epoch"] <= last_epoch]
+  path = Path(workdir) / METRICS_FILE
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def append_metrics(workdir: str | os.PathLike,
+                   records: Iterable[dict[str, Any]]) -> None:
+  """Append records to ``metrics.jsonl``, flushed to disk before returning."""
+  with open(Path(workdir) / METRICS_FILE, "a") as f:
+    f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    f.flush()
+    os.fsync(f.fileno())
