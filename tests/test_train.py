@@ -30,15 +30,8 @@ def tiny_config(**overrides):
 
 
 def _final_params(workdir):
-  ckpts = checkpoint.Checkpoints(Path(workdir) / runs.CHECKPOINT_DIR)
-  epoch = ckpts.latest_epoch()
-  # Restore the raw saved tree: shapes/dtypes from a fresh trainer.
-  config = runs.load_config(workdir)
-  trainer = train.make_trainer(config, 4000)
-  like = {"state": trainer.init(jax.random.key(0)), "epoch": np.int32(0)}
-  _, state = ckpts.restore(like, epoch)
-  ckpts.close()
-  return epoch, jax.tree_util.tree_leaves(jax.device_get(state["state"]))
+  run = train.load_run(workdir, "latest")
+  return run.epoch, jax.tree_util.tree_leaves(jax.device_get(run.params))
 
 
 def _without_timings(records):

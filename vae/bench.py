@@ -96,44 +96,60 @@ def matmul_floor(step_fn, step_args, num_steps: int, repeats: int = 7
     seconds = min(_time(fn, lhs_stack, rhs_value, repeats=repeats))
     products.append({"lhs": list(lhs.shape), "rhs": list(rhs.shape),
                      "contracting": [list(d) for d in params["dimension_numbers"][0]],
+                     "batch": [list(d) for d in params["dimension_numbers"][1]],
                      "epoch_s": seconds})
   return sum(p["epoch_s"] for p in products), products
 
 
-def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
-                    ) -> dict[str, Any]:
-  """Compile time, epoch times and the matmul floor for one config."""
-  config = config if config is not None else bench_config()
-  config_lib.validate(config)
-  images = jnp.asarray(bench_images(num_examples))
-  trainer = train.make_trainer(config, num_examples)
-  root = jax.random.key(config.seed)
-  state = trainer.init(jax.random.fold_in(root, train.INIT_STREAM))
-  train_key = jax.random.fold_in(root, train.TRAIN_STREAM)
-
+def _timed_epochs(config, images, num_members: int, epochs: int):
+  """(compile seconds, per-epoch seconds, trainer, state, hyper, keys) of a
+  group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``."""
+  trainer = train.make_trainer(config, images.shape[0])
+  seeds = jnp.arange(num_members, dtype=jnp.int32) + config.seed
+  hyper = train.stack([train.hyper_from_config(config)] * num_members)
+  keys = jax.vmap(train.member_keys)(seeds)
+  state = trainer.init(seeds)
   t0 = time.perf_counter()
-  compiled = trainer.train_epoch.lower(state, images, 1, train_key,
-                                       config.beta).compile()
+  compiled = trainer.train_epoch.lower(state, images, 1, keys.train,
+                                       hyper).compile()
   compile_s = time.perf_counter() - t0
-  state, _ = compiled(state, images, 1, train_key, config.beta)  # warm-up
+  state, _ = compiled(state, images, 1, keys.train, hyper)  # warm-up
   jax.block_until_ready(state)
   epoch_s = []
   for epoch in range(2, epochs + 2):
     t0 = time.perf_counter()
-    state, metrics = compiled(state, images, epoch, train_key, config.beta)
+    state, metrics = compiled(state, images, epoch, keys.train, hyper)
     jax.block_until_ready((state, metrics))
     epoch_s.append(time.perf_counter() - t0)
+  return compile_s, epoch_s, trainer, state, hyper, keys
 
+
+def _model_name(config) -> str:
+  widths = "-".join(str(w) for w in (784, *config.hidden_sizes, config.latent_dim))
+  return f"{widths} {config.likelihood} {config.architecture}"
+
+
+def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
+                    ) -> dict[str, Any]:
+  """Compile time, epoch times and the matmul floor for one run of a config
+  (the program ``scripts/train.py`` runs: a member axis of one)."""
+  config = config if config is not None else bench_config()
+  config_lib.validate(config)
+  images = jnp.asarray(bench_images(num_examples))
+  compile_s, epoch_s, trainer, state, hyper, keys = _timed_epochs(
+      config, images, 1, epochs)
   num_steps = num_examples // config.batch_size
   x = images[: config.batch_size]
-  floor_s, products = matmul_floor(
-      lambda s, x, k, b: train.train_step(s, x, k, b, model=trainer.model,
-                                          optimizer=trainer.optimizer),
-      (state, x, train_key, config.beta), num_steps)
+  # The step as the epoch runs it: vmapped over a member axis of one, so the
+  # products carry that batch dimension and use the same kernels.
+  step = jax.vmap(lambda s, x, k, h: train.train_step(
+      s, x, k, h, 1.0, model=trainer.model, optimizer=trainer.optimizer),
+                  in_axes=(0, None, 0, 0))
+  floor_s, products = matmul_floor(step, (state, x, keys.train, hyper),
+                                   num_steps)
   median = statistics.median(epoch_s)
-  widths = "-".join(str(w) for w in (784, *config.hidden_sizes, config.latent_dim))
   return {
-      "model": f"{widths} {config.likelihood} {config.architecture}",
+      "model": _model_name(config),
       "batch_size": config.batch_size,
       "num_examples": num_examples,
       "steps_per_epoch": num_steps,
@@ -147,4 +163,28 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],
       "jax": jax.__version__,
+  }
+
+
+def sweep_benchmark(num_members: int, config=None, num_examples: int = 10_000,
+                    epochs: int = 5) -> dict[str, Any]:
+  """One epoch of a ``num_members`` sweep over one epoch of a single member,
+  same model and data, both measured here (medians over ``epochs``)."""
+  config = config if config is not None else bench_config()
+  config_lib.validate(config)
+  images = jnp.asarray(bench_images(num_examples))
+  _, single, *_ = _timed_epochs(config, images, 1, epochs)
+  compile_s, swept, *_ = _timed_epochs(config, images, num_members, epochs)
+  single_s, sweep_s = statistics.median(single), statistics.median(swept)
+  return {
+      "model": _model_name(config),
+      "batch_size": config.batch_size,
+      "num_examples": num_examples,
+      "members": num_members,
+      "single_epoch_s": single_s,
+      "sweep_epoch_s": sweep_s,
+      "sweep_over_single": sweep_s / single_s,
+      "sweep_compile_s": compile_s,
+      "backend": jax.default_backend(),
+      "devices": [d.device_kind for d in jax.devices()],
   }

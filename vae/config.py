@@ -15,6 +15,8 @@ from vae import likelihoods, models
 LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 BINARIZE = ("none", "dynamic", "static")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+OBJECTIVES = ("vae", "autoencoder")
+KL_SCHEDULES = ("constant", "linear", "cyclical")
 
 
 class ConfigError(ValueError):
@@ -44,7 +46,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.learn_scale = False  # Gaussian: learn a per-pixel log-scale instead
 
   # Objective.
-  c.beta = 1.0  # KL weight
+  c.objective = "vae"  # "vae" | "autoencoder" (the deterministic baseline)
+  c.beta = 1.0  # KL weight (its final value under a schedule)
+  c.kl_schedule = "constant"  # "constant" | "linear" | "cyclical"
+  c.kl_warmup_epochs = 0.0  # linear: epochs to ramp the KL weight 0 -> beta
+  c.kl_cycle_epochs = 10.0  # cyclical: epochs per cycle
+  c.kl_cycle_ratio = 0.5  # cyclical: fraction of a cycle spent ramping
+  c.free_bits = 0.0  # nats per latent dimension (Kingma et al. 2016); 0: off
 
   # Optimisation.
   c.num_epochs = 50
@@ -105,6 +113,8 @@ def validate(config: ml_collections.ConfigDict,
   _choice(config, "likelihood", likelihoods.LIKELIHOODS)
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "lr_schedule", LR_SCHEDULES)
+  _choice(config, "objective", OBJECTIVES)
+  _choice(config, "kl_schedule", KL_SCHEDULES)
   _positive_int(config, "latent_dim")
   _positive_int(config, "num_epochs")
   _positive_int(config, "batch_size")
@@ -118,14 +128,20 @@ def validate(config: ml_collections.ConfigDict,
   feats = tuple(config.conv_features)
   if not feats or any(not isinstance(f, int) or f < 1 for f in feats):
     _fail("conv_features", feats, "a non-empty tuple of positive integers")
-  for field in ("beta", "weight_decay", "grad_clip_norm"):
+  for field in ("beta", "weight_decay", "grad_clip_norm", "free_bits",
+                "kl_warmup_epochs"):
     if not config[field] >= 0:
       _fail(field, config[field], "a number >= 0")
-  for field in ("learning_rate", "gaussian_sigma"):
+  for field in ("learning_rate", "gaussian_sigma", "kl_cycle_epochs"):
     if not config[field] > 0:
       _fail(field, config[field], "a number > 0")
   if not 0 < config.lr_decay_rate <= 1:
     _fail("lr_decay_rate", config.lr_decay_rate, "a number in (0, 1]")
+  if not 0 < config.kl_cycle_ratio <= 1:
+    _fail("kl_cycle_ratio", config.kl_cycle_ratio, "a number in (0, 1]")
+  if config.kl_schedule == "linear" and not config.kl_warmup_epochs > 0:
+    _fail("kl_warmup_epochs", config.kl_warmup_epochs,
+          "a number > 0 when kl_schedule='linear'")
   if config.learn_scale and config.likelihood != "gaussian":
     _fail("learn_scale", config.learn_scale,
           f"False unless likelihood='gaussian' (it is {config.likelihood!r})")
@@ -143,4 +159,4 @@ def validate(config: ml_collections.ConfigDict,
 
 def _experiment_fields(config) -> set[str]:
   """Fields an experiment may add for its own bookkeeping (e.g. ``quick``)."""
-  return {"quick", "name", "description"} & set(config.keys())
+  return {"quick", "name", "description", "sweep"} & set(config.keys())

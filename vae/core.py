@@ -13,7 +13,7 @@ both are averaged over the batch. Every figure is in nats per example.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,33 +110,44 @@ def elbo_terms(params, x: jax.Array, key: jax.Array, *, model: VAE) -> ElboTerms
   return ElboTerms(log_lik, kl_per_dim(posterior), posterior)
 
 
-def metrics_from_terms(log_likelihood: jax.Array, kl: jax.Array, beta,
-                       num_data_dims: int) -> dict[str, jax.Array]:
+def metrics_from_terms(log_likelihood, kl_per_dim, beta, num_data_dims: int,
+                       free_bits=0.0, *, xp=jnp) -> dict[str, Any]:
   """Batch-averaged metrics, in nats per example, from per-example terms.
 
   Args:
-    log_likelihood: ``[B]`` log p(x | z).
-    kl: ``[B]`` KL summed over latent dimensions.
-    beta: KL weight (only ``loss`` depends on it).
+    log_likelihood: ``[..., B]`` log p(x | z).
+    kl_per_dim: ``[..., B, latent_dim]`` KL per latent dimension.
+    beta: KL weight (only ``loss`` depends on it); scalar or ``[...]``.
     num_data_dims: H * W * C, for bits per dimension.
+    free_bits: lambda of Kingma et al. (2016), nats per latent dimension: the
+      loss uses ``sum_d max(lambda, mean_batch KL_d)`` in place of the mean KL
+      (the batch mean is taken before the floor). 0 turns it off.
+    xp: the array module (``jax.numpy``, or ``numpy`` to reduce on the host in
+      float64).
 
   Returns:
-    ``loss`` = mean(-(log_lik - beta * kl)); ``recon`` = mean(-log_lik);
-    ``kl``; ``elbo`` = mean(log_lik - kl) (beta-free); ``bits_per_dim`` =
-    -elbo / (num_data_dims * ln 2).
+    ``[...]`` values: ``loss`` = mean(-log_lik) + beta * KL term (the mean
+    KL, or its floored form with free bits); ``recon`` = mean(-log_lik);
+    ``kl`` = the true mean KL; ``elbo`` = mean(log_lik - kl) (beta- and
+    free-bits-free); ``bits_per_dim`` = -elbo / (num_data_dims * ln 2).
   """
-  elbo_value = jnp.mean(log_likelihood - kl)
+  kl = xp.sum(kl_per_dim, axis=-1)
+  recon = xp.mean(-log_likelihood, axis=-1)
+  mean_kl = xp.mean(kl, axis=-1)
+  floored = xp.sum(xp.maximum(free_bits, xp.mean(kl_per_dim, axis=-2)), axis=-1)
+  kl_term = xp.where(xp.asarray(free_bits) > 0, floored, mean_kl)
+  elbo_value = xp.mean(log_likelihood - kl, axis=-1)
   return {
-      "loss": jnp.mean(-(log_likelihood - beta * kl)),
-      "recon": jnp.mean(-log_likelihood),
-      "kl": jnp.mean(kl),
+      "loss": recon + beta * kl_term,
+      "recon": recon,
+      "kl": mean_kl,
       "elbo": elbo_value,
       "bits_per_dim": -elbo_value / (num_data_dims * math.log(2.0)),
   }
 
 
-def elbo(params, x: jax.Array, key: jax.Array, *, model: VAE,
-         beta=1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def elbo(params, x: jax.Array, key: jax.Array, *, model: VAE, beta=1.0,
+         free_bits=0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The (beta-weighted) negative ELBO and its parts, for one batch.
 
   Args:
@@ -145,14 +156,40 @@ def elbo(params, x: jax.Array, key: jax.Array, *, model: VAE,
     key: PRNG key for the reparameterised sample (one z per example).
     model: the static model description.
     beta: KL weight; may be a traced value.
+    free_bits: free-bits floor per latent dimension in nats (0: off); may be
+      traced. See :func:`metrics_from_terms`.
 
   Returns:
-    ``(loss, metrics)``: ``loss`` is the scalar to minimise, and ``metrics``
-    holds ``loss``, ``recon``, ``kl``, ``elbo`` and ``bits_per_dim``, each
-    the batch mean of per-example values, in nats per example.
+    ``(loss, metrics)``: ``loss`` = mean(-(log_lik - beta * kl)) is the
+    scalar to minimise, and ``metrics`` holds ``loss``, ``recon``, ``kl``,
+    ``elbo`` and ``bits_per_dim``, each the batch mean of per-example values,
+    in nats per example.
   """
   terms = elbo_terms(params, x, key, model=model)
-  metrics = metrics_from_terms(terms.log_likelihood,
-                               jnp.sum(terms.kl_per_dim, axis=-1), beta,
+  metrics = metrics_from_terms(terms.log_likelihood, terms.kl_per_dim, beta,
+                               math.prod(x.shape[-3:]), free_bits)
+  return metrics["loss"], metrics
+
+
+def autoencoder_loss(params, x: jax.Array, *, model: VAE
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The plain autoencoder baseline: decode the posterior mean, no KL.
+
+  The encoder's mean head is a deterministic code; nothing is sampled and the
+  log-variance head is unused. ``loss`` = ``recon`` = mean(-log p(x | mean));
+  ``kl`` is reported as 0 and ``elbo`` as ``-recon``, which for an
+  autoencoder is *not* a bound on log p(x) (it is a reconstruction score).
+  """
+  terms = autoencoder_terms(params, x, model=model)
+  metrics = metrics_from_terms(terms.log_likelihood, terms.kl_per_dim, 0.0,
                                math.prod(x.shape[-3:]))
   return metrics["loss"], metrics
+
+
+def autoencoder_terms(params, x: jax.Array, *, model: VAE) -> ElboTerms:
+  """Per-example terms of the autoencoder: log p(x | z = posterior mean) and
+  a KL of zero (``[B, latent_dim]``)."""
+  posterior = encode(params, x, model=model)
+  log_lik = likelihoods.log_likelihood(
+      model.likelihood, decode(params, posterior.mean, model=model), x)
+  return ElboTerms(log_lik, jnp.zeros_like(posterior.mean), posterior)

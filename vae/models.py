@@ -10,7 +10,7 @@ likelihood's natural parameters (see :mod:`vae.likelihoods`). Sampling lives in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,47 @@ from vae import likelihoods
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "swish",
                "sigmoid")
 ARCHITECTURES = ("mlp", "conv")
+
+
+@jax.custom_vjp
+def bias_add(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """``y + bias`` whose bias gradient is a matrix product, not a reduction.
+
+  The gradient of a broadcast add is a sum over the batch, and XLA emits
+  that reduction differently for different numbers of vmapped sweep members,
+  so a member would not match its standalone run to the bit. Summing with a
+  ``ones @ dy`` product instead gives every member the same arithmetic
+  whatever the member count.
+  """
+  return y + bias
+
+
+def _bias_add_fwd(y, bias):
+  return y + bias, None
+
+
+def _bias_add_bwd(_, dy):
+  rows = dy.reshape(-1, dy.shape[-1])
+  ones = jnp.ones((1, rows.shape[0]), dy.dtype)
+  return dy, (ones @ rows).reshape(dy.shape[-1:])
+
+
+bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
+
+
+class Dense(nn.Module):
+  """``x @ kernel + bias`` (flax's parameter names and initialisers), with
+  the member-count-independent bias gradient of :func:`bias_add`."""
+
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    return bias_add(x @ kernel, bias)
 
 
 def activation_fn(name: str):
@@ -46,8 +87,8 @@ class MLPEncoder(nn.Module):
     act = activation_fn(self.activation)
     h = x.reshape(x.shape[:-3] + (-1,))
     for width in self.hidden_sizes:
-      h = act(nn.Dense(width)(h))
-    mean, logvar = jnp.split(nn.Dense(2 * self.latent_dim, name="head")(h), 2, -1)
+      h = act(Dense(width)(h))
+    mean, logvar = jnp.split(Dense(2 * self.latent_dim, name="head")(h), 2, -1)
     return mean, logvar
 
 
@@ -64,9 +105,9 @@ class MLPDecoder(nn.Module):
     act = activation_fn(self.activation)
     hidden = z
     for width in self.hidden_sizes:
-      hidden = act(nn.Dense(width)(hidden))
+      hidden = act(Dense(width)(hidden))
     height, width, channels = self.data_shape
-    out = nn.Dense(height * width * channels * self.out_per_pixel,
+    out = Dense(height * width * channels * self.out_per_pixel,
                    name="head")(hidden)
     return out.reshape(z.shape[:-1] +
                        (height, width, channels * self.out_per_pixel))
@@ -87,7 +128,7 @@ class ConvEncoder(nn.Module):
     for f in self.features:
       h = act(nn.Conv(f, (3, 3), strides=(2, 2), padding="SAME")(h))
     h = h.reshape(h.shape[0], -1)
-    mean, logvar = jnp.split(nn.Dense(2 * self.latent_dim, name="head")(h), 2, -1)
+    mean, logvar = jnp.split(Dense(2 * self.latent_dim, name="head")(h), 2, -1)
     return mean.reshape(batch_shape + mean.shape[-1:]), logvar.reshape(
         batch_shape + logvar.shape[-1:])
 
@@ -112,7 +153,7 @@ class ConvDecoder(nn.Module):
           f"2**len(features) = {scale}")
     batch_shape = z.shape[:-1]
     h = z.reshape(-1, z.shape[-1])
-    h = act(nn.Dense(height // scale * width // scale * self.features[0])(h))
+    h = act(Dense(height // scale * width // scale * self.features[0])(h))
     h = h.reshape(-1, height // scale, width // scale, self.features[0])
     for f in self.features:
       h = act(nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME")(h))

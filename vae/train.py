@@ -22,6 +22,7 @@ remainder, different each epoch, is left out of that epoch).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from pathlib import Path
@@ -50,6 +51,84 @@ class TrainState(NamedTuple):
 
   params: Any
   opt_state: Any
+
+
+KL_SCHEDULES = config_lib.KL_SCHEDULES
+
+
+class Hyper(NamedTuple):
+  """Per-member settings that are *traced* values: a sweep over them shares
+  one compiled program, and changing them never recompiles. Scalars for one
+  run, ``[M]`` arrays for M stacked sweep members.
+
+  Attributes:
+    beta: final KL weight.
+    free_bits: free-bits floor per latent dimension, nats (0: off).
+    kl_schedule: index into KL_SCHEDULES.
+    kl_warmup_epochs: ``linear``: epochs to ramp the weight from 0 to beta.
+    kl_cycle_epochs: ``cyclical``: length of one cycle, in epochs.
+    kl_cycle_ratio: ``cyclical``: fraction of each cycle spent ramping up.
+  """
+
+  beta: Any
+  free_bits: Any
+  kl_schedule: Any
+  kl_warmup_epochs: Any
+  kl_cycle_epochs: Any
+  kl_cycle_ratio: Any
+
+
+# Config fields that only change traced values (the seed changes keys).
+TRACED_FIELDS = ("seed",) + Hyper._fields
+
+
+def hyper_from_config(config: ml_collections.ConfigDict) -> Hyper:
+  """The traced settings of one config, as numpy scalars."""
+  return Hyper(np.float32(config.beta), np.float32(config.free_bits),
+               np.int32(KL_SCHEDULES.index(config.kl_schedule)),
+               np.float32(config.kl_warmup_epochs),
+               np.float32(config.kl_cycle_epochs),
+               np.float32(config.kl_cycle_ratio))
+
+
+def kl_weight(hyper: Hyper, progress) -> jax.Array:
+  """The KL weight after ``progress`` epochs of training (a float: epoch - 1
+  plus the fraction of the current epoch done).
+
+  ``constant``: beta. ``linear`` (Bowman et al. 2016): beta * min(1,
+  progress / kl_warmup_epochs). ``cyclical`` (Fu et al. 2019): within each
+  cycle of kl_cycle_epochs, a linear ramp from 0 to beta over the first
+  kl_cycle_ratio of the cycle, then beta.
+  """
+  linear = jnp.clip(progress / jnp.maximum(hyper.kl_warmup_epochs, 1e-9), 0.0, 1.0)
+  linear = jnp.where(hyper.kl_warmup_epochs > 0, linear, 1.0)
+  cycle_position = jnp.mod(progress, hyper.kl_cycle_epochs) / hyper.kl_cycle_epochs
+  cyclical = jnp.clip(cycle_position / hyper.kl_cycle_ratio, 0.0, 1.0)
+  factor = jnp.select([hyper.kl_schedule == 1, hyper.kl_schedule == 2],
+                      [linear, cyclical], 1.0)
+  return hyper.beta * factor
+
+
+class MemberKeys(NamedTuple):
+  """The named key streams of one run (``[M]`` key arrays when stacked)."""
+
+  init: jax.Array
+  train: jax.Array
+  eval: jax.Array
+
+
+def member_keys(seed) -> MemberKeys:
+  """Key streams from a seed (may be traced); see the module docstring."""
+  root = jax.random.key(seed)
+  return MemberKeys(*(jax.random.fold_in(root, s)
+                      for s in (INIT_STREAM, TRAIN_STREAM, EVAL_STREAM)))
+
+
+def data_key() -> jax.Array:
+  """The key of static binarisation: fixed, not the run's seed, so every run
+  (and every sweep member) sees the same binarised digits, as with a
+  published binarised dataset."""
+  return jax.random.fold_in(jax.random.key(0), DATA_STREAM)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict,
@@ -102,15 +181,43 @@ def current_learning_rate(opt_state) -> jax.Array:
   raise ValueError("optimizer state has no injected learning rate")
 
 
-def train_step(state: TrainState, x: jax.Array, key: jax.Array, beta, *,
-               model: VAE, optimizer: optax.GradientTransformation
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the batch ``x`` ``[B, H, W, C]``."""
-  grads, metrics = jax.grad(
-      lambda p: core.elbo(p, x, key, model=model, beta=beta), has_aux=True)(
-          state.params)
+def loss_fn(params, x: jax.Array, key: jax.Array, hyper: Hyper, progress, *,
+            model: VAE, objective: str
+            ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """The training objective of one batch and its per-example terms.
+
+  The negative ELBO with the scheduled KL weight and free bits, or the
+  autoencoder baseline's reconstruction loss.
+
+  Returns:
+    ``(loss, (log_likelihood [B], kl_per_dim [B, latent_dim]))``.
+  """
+  if objective == "autoencoder":
+    terms = core.autoencoder_terms(params, x, model=model)
+  else:
+    terms = core.elbo_terms(params, x, key, model=model)
+  metrics = core.metrics_from_terms(
+      terms.log_likelihood, terms.kl_per_dim, kl_weight(hyper, progress),
+      math.prod(x.shape[-3:]), hyper.free_bits)
+  return metrics["loss"], (terms.log_likelihood, terms.kl_per_dim)
+
+
+def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
+               progress, *, model: VAE, optimizer: optax.GradientTransformation,
+               objective: str = "vae"
+               ) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+  """One optimizer step on the batch ``x`` ``[B, H, W, C]``; returns the new
+  state and the batch's per-example terms (see :func:`loss_fn`)."""
+  grads, terms = jax.grad(
+      lambda p: loss_fn(p, x, key, hyper, progress, model=model,
+                        objective=objective), has_aux=True)(state.params)
+  # Keep XLA from fusing the gradient products into the optimizer's
+  # element-wise update: such fusions are chosen differently for different
+  # numbers of vmapped members and would change the rounding, so a sweep
+  # member would no longer equal its standalone run to the bit.
+  grads = jax.lax.optimization_barrier(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  return TrainState(optax.apply_updates(state.params, updates), opt_state), metrics
+  return TrainState(optax.apply_updates(state.params, updates), opt_state), terms
 
 
 def epoch_keys(train_key: jax.Array, epoch) -> tuple[jax.Array, jax.Array]:
@@ -120,21 +227,26 @@ def epoch_keys(train_key: jax.Array, epoch) -> tuple[jax.Array, jax.Array]:
 
 
 def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Array,
-                beta, *, model: VAE, optimizer: optax.GradientTransformation,
-                batch_size: int, binarize: str = "none"
+                hyper: Hyper, *, model: VAE,
+                optimizer: optax.GradientTransformation, batch_size: int,
+                binarize: str = "none", objective: str = "vae"
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One epoch as a single ``lax.scan`` over minibatches.
+  """One epoch of one run as a single ``lax.scan`` over minibatches.
 
   Args:
     state: the training state.
     images: ``[N, H, W, C]`` float32 in [0, 1], resident on the device.
-    epoch: the epoch number (may be traced).
+    epoch: the epoch number, from 1 (may be traced).
     train_key: the run's training key stream.
-    beta: KL weight (may be traced).
-    model, optimizer, batch_size, binarize: static.
+    hyper: the run's traced settings (scalars).
+    model, optimizer, batch_size, binarize, objective: static.
 
   Returns:
-    The new state and the mean over steps of each metric.
+    The new state and the epoch's per-example terms, for
+    :func:`epoch_metrics`: ``log_likelihood`` ``[steps, B]``, ``kl_per_dim``
+    ``[steps, B, latent_dim]`` and ``kl_weight`` ``[steps]``. Metrics are
+    reduced from these on the host, in float64, so that they do not depend
+    on how XLA emits a reduction for a given number of sweep members.
   """
   num_steps = images.shape[0] // batch_size
   shuffle_key, steps_key = epoch_keys(train_key, epoch)
@@ -148,30 +260,49 @@ def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Arra
     x = jnp.take(images, indices, axis=0)
     if binarize == "dynamic":
       x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
-    return train_step(state, x, sample_key, beta, model=model,
-                      optimizer=optimizer)
+    progress = (epoch - 1) + step / num_steps
+    state, (log_lik, kl_per_dim) = train_step(
+        state, x, sample_key, hyper, progress, model=model,
+        optimizer=optimizer, objective=objective)
+    return state, {"log_likelihood": log_lik, "kl_per_dim": kl_per_dim,
+                   "kl_weight": kl_weight(hyper, progress)}
 
-  state, metrics = jax.lax.scan(body, state,
-                                (jnp.arange(num_steps), batches))
-  return state, jax.tree_util.tree_map(jnp.mean, metrics)
+  return jax.lax.scan(body, state, (jnp.arange(num_steps), batches))
 
 
-def evaluate(params, images: jax.Array, key: jax.Array, beta=1.0, *,
-             model: VAE, batch_size: int) -> dict[str, jax.Array]:
-  """ELBO metrics over a whole dataset, in nats per example.
+def epoch_metrics(terms: dict[str, np.ndarray], free_bits: float,
+                  num_data_dims: int) -> dict[str, float]:
+  """Training metrics of one epoch (one member) from :func:`train_epoch`'s
+  terms: each step's batch metrics (with that step's KL weight), averaged
+  over steps, in float64 on the host."""
+  per_step = core.metrics_from_terms(
+      np.asarray(terms["log_likelihood"], np.float64),
+      np.asarray(terms["kl_per_dim"], np.float64),
+      np.asarray(terms["kl_weight"], np.float64), num_data_dims,
+      np.float64(free_bits), xp=np)
+  metrics = {k: float(np.mean(v)) for k, v in per_step.items()}
+  metrics["kl_weight"] = float(np.mean(terms["kl_weight"]))
+  return metrics
 
-  Batches of ``batch_size`` (the last one padded and ignored), one sample per
-  example from ``fold_in(key, batch_index)``; results are exact means over all
-  ``N`` examples.
 
-  Args:
-    params: parameters.
-    images: ``[N, H, W, C]``.
-    key: PRNG key.
-    beta: KL weight for the reported ``loss``.
+def dataset_metrics(log_likelihood: np.ndarray, kl_per_dim: np.ndarray,
+                    beta: float, num_data_dims: int) -> dict[str, float]:
+  """Metrics over a whole dataset from per-example terms, in float64."""
+  metrics = core.metrics_from_terms(
+      np.asarray(log_likelihood, np.float64),
+      np.asarray(kl_per_dim, np.float64), np.float64(beta), num_data_dims,
+      xp=np)
+  return {k: float(v) for k, v in metrics.items()}
 
-  Returns:
-    The metrics of :func:`vae.core.metrics_from_terms`.
+
+def evaluation_terms(params, images: jax.Array, key: jax.Array, *, model: VAE,
+                     batch_size: int, objective: str = "vae"
+                     ) -> tuple[jax.Array, jax.Array]:
+  """Per-example log p(x | z) ``[N]`` and KL per dimension ``[N, latent]``.
+
+  Batches of ``batch_size`` (the last one padded and dropped), one sample per
+  example from ``fold_in(key, batch_index)``. For the autoencoder, z is the
+  encoder's mean and the KL is zero.
   """
   n = images.shape[0]
   num_batches = -(-n // batch_size)
@@ -181,54 +312,94 @@ def evaluate(params, images: jax.Array, key: jax.Array, beta=1.0, *,
 
   def per_batch(i_and_x):
     i, x = i_and_x
-    terms = core.elbo_terms(params, x, jax.random.fold_in(key, i), model=model)
-    return terms.log_likelihood, jnp.sum(terms.kl_per_dim, axis=-1)
+    if objective == "autoencoder":
+      terms = core.autoencoder_terms(params, x, model=model)
+    else:
+      terms = core.elbo_terms(params, x, jax.random.fold_in(key, i), model=model)
+    return terms.log_likelihood, terms.kl_per_dim
 
-  log_lik, kl = jax.lax.map(per_batch, (jnp.arange(num_batches), padded))
-  return core.metrics_from_terms(log_lik.reshape(-1)[:n], kl.reshape(-1)[:n],
-                                 beta, math.prod(images.shape[1:]))
+  log_lik, kl_per_dim = jax.lax.map(per_batch, (jnp.arange(num_batches), padded))
+  return (log_lik.reshape(-1)[:n],
+          kl_per_dim.reshape((-1, kl_per_dim.shape[-1]))[:n])
+
+
+def evaluate(params, images: jax.Array, key: jax.Array, hyper: Hyper, *,
+             model: VAE, batch_size: int, objective: str = "vae"
+             ) -> dict[str, jax.Array]:
+  """ELBO metrics over a whole dataset, in nats per example (exact means
+  over all N examples; ``loss`` uses the final beta, no free bits).
+
+  Args:
+    params: parameters.
+    images: ``[N, H, W, C]``.
+    key: PRNG key.
+    hyper: the run's traced settings.
+
+  Returns:
+    The metrics of :func:`vae.core.metrics_from_terms`.
+  """
+  log_lik, kl_per_dim = evaluation_terms(params, images, key, model=model,
+                                         batch_size=batch_size,
+                                         objective=objective)
+  return core.metrics_from_terms(log_lik, kl_per_dim, hyper.beta,
+                                 math.prod(images.shape[1:]))
 
 
 class Trainer(NamedTuple):
-  """The compiled pieces of one run (built by :func:`make_trainer`)."""
+  """The compiled pieces of one group of runs sharing every static setting,
+  each vmapped over a leading member axis (built by :func:`make_trainer`).
+
+  Attributes:
+    model, optimizer: shared static descriptions.
+    init: seeds ``[M]`` -> stacked TrainState.
+    train_epoch: (state, images, epoch, train_keys [M], hyper [M]) ->
+      (state, per-example terms [M, ...]) (see :func:`train_epoch`).
+    evaluation_terms: (params, images, eval_keys [M]) ->
+      (log_likelihood [M, N], kl_per_dim [M, N, latent_dim]).
+  """
 
   model: VAE
   optimizer: optax.GradientTransformation
   init: Callable[[jax.Array], TrainState]
   train_epoch: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
-  evaluate: Callable[..., dict[str, jax.Array]]
+  evaluation_terms: Callable[..., tuple[jax.Array, jax.Array]]
 
 
 def make_trainer(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
-  """Model, optimizer and jitted init / epoch / evaluation for a config."""
+  """Model, optimizer and jitted, member-vmapped init / epoch / evaluation."""
   model = build_model(config)
   steps_per_epoch = num_train // config.batch_size
   optimizer = make_optimizer(config, steps_per_epoch)
 
-  def init(key):
-    params = init_params(model, key, config.data_shape)
+  def init(seed):
+    params = init_params(model, member_keys(seed).init, config.data_shape)
     return TrainState(params, optimizer.init(params))
 
-  epoch_fn = jax.jit(
-      functools.partial(train_epoch, model=model, optimizer=optimizer,
-                        batch_size=config.batch_size, binarize=config.binarize),
-      donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(evaluate, model=model,
-                                      batch_size=config.eval_batch_size))
-  return Trainer(model, optimizer, jax.jit(init), epoch_fn, eval_fn)
+  epoch_fn = functools.partial(
+      train_epoch, model=model, optimizer=optimizer,
+      batch_size=config.batch_size, binarize=config.binarize,
+      objective=config.objective)
+  eval_fn = functools.partial(evaluation_terms, model=model,
+                              batch_size=config.eval_batch_size,
+                              objective=config.objective)
+  return Trainer(
+      model, optimizer, jax.jit(jax.vmap(init)),
+      jax.jit(jax.vmap(epoch_fn, in_axes=(0, None, None, 0, 0)),
+              donate_argnums=0),
+      jax.jit(jax.vmap(eval_fn, in_axes=(0, None, 0))))
 
 
-def prepare_images(config, dataset: data.Dataset, data_key: jax.Array
-                   ) -> tuple[jax.Array, jax.Array]:
+def prepare_images(config, dataset: data.Dataset) -> tuple[jax.Array, jax.Array]:
   """Device-resident (train, test) images, binarised as the config says.
 
-  ``static``: both sets binarised once. ``dynamic``: train images stay grey
-  (re-drawn every step in :func:`train_epoch`), the test set is binarised once
-  so test figures are comparable across epochs and runs.
+  ``static``: both sets binarised once with :func:`data_key`. ``dynamic``:
+  train images stay grey (re-drawn every step in :func:`train_epoch`), the
+  test set is binarised once so test figures are comparable across epochs
+  and runs.
   """
   train = jnp.asarray(dataset.train_images, jnp.float32)
   test = jnp.asarray(dataset.test_images, jnp.float32)
-  train_key, test_key = jax.random.split(data_key)
+  train_key, test_key = jax.random.split(data_key())
   if config.binarize == "static":
     train = jax.random.bernoulli(train_key, train).astype(jnp.float32)
   if config.binarize in ("static", "dynamic"):
@@ -236,8 +407,176 @@ def prepare_images(config, dataset: data.Dataset, data_key: jax.Array
   return train, test
 
 
-def _as_floats(prefix: str, metrics: dict[str, jax.Array]) -> dict[str, float]:
-  return {f"{prefix}_{k}": float(v) for k, v in metrics.items()}
+def static_signature(config: ml_collections.ConfigDict) -> str:
+  """The config without its traced fields: runs with equal signatures can
+  share one compiled program."""
+  d = runs.config_to_dict(config)
+  for field in TRACED_FIELDS + ("sweep",):
+    d.pop(field, None)
+  return json.dumps(d, sort_keys=True)
+
+
+def stack(trees: list[Any]) -> Any:
+  """Stack pytrees along a new leading member axis."""
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any, index: int) -> Any:
+  """Member ``index`` of a stacked pytree."""
+  return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
+def _member_sharding(num_members: int, devices):
+  """(member-axis sharding, replicated sharding) over a 1-D mesh, or Nones."""
+  if devices is None or len(devices) <= 1:
+    return None, None
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
+  return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members")),
+          jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def _resume_epoch(ckpts: list[checkpoint.Checkpoints]) -> int:
+  """The newest epoch every member has a checkpoint of (0 if none)."""
+  common = None
+  for c in ckpts:
+    epochs = set(c.epochs())
+    common = epochs if common is None else common & epochs
+  return max(common) if common else 0
+
+
+def _progress_bar(enabled: bool, start: int, total: int, desc: str):
+  if not enabled:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=start - 1, desc=desc, unit="epoch")
+
+
+def fit_members(configs: list[ml_collections.ConfigDict],
+                workdirs: list[str | Path], *, devices=None,
+                progress: bool = True, desc: str | None = None,
+                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Train (or resume) several runs that differ only in traced fields, as one
+  compiled program over a stacked member axis.
+
+  Each member is a complete run in its own workdir, exactly as :func:`fit`
+  writes it. With ``devices`` (more than one), the member axis is sharded
+  over them (padded with copies of the last member, which are not saved).
+
+  Returns:
+    One summary per member (see :func:`fit`).
+  """
+  if not configs or len(configs) != len(workdirs):
+    raise ValueError("fit_members needs one workdir per config")
+  for config in configs:
+    config_lib.validate(config)
+  signatures = {static_signature(c) for c in configs}
+  if len(signatures) > 1:
+    raise config_lib.ConfigError(
+        "fit_members: members differ in a field that is not traced; only "
+        f"{TRACED_FIELDS} may differ (group the others with vae.sweep)")
+  first = configs[0]
+  dataset = data.load_dataset(first.dataset, data_dir=first.data_dir or None,
+                              manual_dir=first.manual_dir or None)
+  resolved = []
+  for config in configs:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data_shape = tuple(int(d) for d in dataset.image_shape)
+    resolved.append(config)
+  configs = resolved
+  first = configs[0]
+  if dataset.train_images.shape[0] < first.batch_size:
+    raise config_lib.ConfigError(
+        f"config.batch_size={first.batch_size} is not accepted: at most the "
+        f"{dataset.train_images.shape[0]} training examples of "
+        f"{first.dataset!r}")
+  workdirs = [runs.prepare_workdir(w, c) for w, c in zip(workdirs, configs)]
+
+  num_real = len(configs)
+  num_devices = 1 if devices is None else len(devices)
+  padded = configs + [configs[-1]] * (-num_real % num_devices)
+  member_sharding, replicated = _member_sharding(len(padded), devices)
+
+  def place(tree, sharding):
+    return tree if sharding is None else jax.device_put(tree, sharding)
+
+  train_images, test_images = (place(x, replicated)
+                               for x in prepare_images(first, dataset))
+  trainer = make_trainer(first, train_images.shape[0])
+  seeds = place(jnp.asarray([c.seed for c in padded], jnp.int32), member_sharding)
+  hyper = place(stack([hyper_from_config(c) for c in padded]), member_sharding)
+  keys = jax.vmap(member_keys)(seeds)
+  state = trainer.init(seeds)
+
+  ckpts = [checkpoint.Checkpoints(w / runs.CHECKPOINT_DIR,
+                                  keep_latest=first.keep_checkpoints,
+                                  keep_best=1, best_metric="test_elbo")
+           for w in workdirs]
+  resumed_from = _resume_epoch(ckpts) or None
+  if resumed_from is not None:
+    like = {"state": unstack(state, 0), "epoch": np.int32(0)}
+    restored = [c.restore(like, resumed_from)[1]["state"] for c in ckpts]
+    restored += [restored[-1]] * (len(padded) - num_real)
+    state = place(stack(restored), member_sharding)
+  for w in workdirs:
+    runs.truncate_metrics(w, resumed_from or 0)
+  start = (resumed_from or 0) + 1
+  total = first.num_epochs
+  num_data_dims = math.prod(first.data_shape)
+  name = desc or workdirs[0].name
+
+  if start > total:
+    log(f"{name}: run already finished ({start - 1}/{total} epochs); "
+        "nothing to do.")
+  elif resumed_from is not None:
+    log(f"{name}: resuming from the checkpoint of epoch {resumed_from}.")
+  bar = _progress_bar(progress and start <= total, start, total, name)
+  last = [None] * num_real
+  for epoch in range(start, total + 1):
+    t0 = time.perf_counter()
+    state, train_terms = trainer.train_epoch(state, train_images, epoch,
+                                             keys.train, hyper)
+    train_terms = jax.device_get(train_terms)
+    t1 = time.perf_counter()
+    test_log_lik, test_kl = jax.device_get(
+        trainer.evaluation_terms(state.params, test_images, keys.eval))
+    t2 = time.perf_counter()
+    learning_rates = np.asarray(current_learning_rate(state.opt_state))
+    save = epoch % first.checkpoint_every_epochs == 0 or epoch == total
+    for i, workdir in enumerate(workdirs):
+      train_metrics = epoch_metrics(
+          {k: v[i] for k, v in train_terms.items()}, configs[i].free_bits,
+          num_data_dims)
+      test_metrics = dataset_metrics(test_log_lik[i], test_kl[i],
+                                     configs[i].beta, num_data_dims)
+      record = {"epoch": epoch,
+                **{f"train_{k}": v for k, v in train_metrics.items()},
+                **{f"test_{k}": v for k, v in test_metrics.items()},
+                "learning_rate": float(learning_rates[i]),
+                "epoch_s": t1 - t0, "eval_s": t2 - t1}
+      runs.append_metrics(workdir, [record])
+      last[i] = record
+    if save:
+      member_states = jax.device_get(state)
+      for i, c in enumerate(ckpts):
+        c.save(epoch, {"state": unstack(member_states, i),
+                       "epoch": np.int32(epoch)},
+               metrics={"test_elbo": last[i]["test_elbo"]})
+    if bar is not None:
+      bar.update(1)
+      if num_real == 1:
+        bar.set_postfix(test_elbo=f"{last[0]['test_elbo']:.2f}",
+                        kl=f"{last[0]['test_kl']:.2f}")
+  if bar is not None:
+    bar.close()
+  summaries = []
+  for i, (c, workdir) in enumerate(zip(ckpts, workdirs)):
+    records = runs.read_metrics(workdir)
+    summaries.append({"epoch": total, "best_epoch": c.best_epoch(),
+                      "final": records[-1] if records else None,
+                      "resumed_from": resumed_from,
+                      "already_finished": start > total})
+    c.close()
+  return summaries
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -245,87 +584,16 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, *,
         ) -> dict[str, Any]:
   """Train (or resume) the run described by ``config`` in ``workdir``.
 
-  Writes the resolved config, provenance, ``metrics.jsonl`` (one record per
-  epoch; appended before that epoch's checkpoint is written, and cut back to
-  the checkpoint on resume) and checkpoints. A finished run is left as is.
+  The same compiled program as a sweep, with one member. Writes the
+  resolved config, provenance, ``metrics.jsonl`` (one record per epoch;
+  appended before that epoch's checkpoint is written, and cut back to the
+  checkpoint on resume) and checkpoints. A finished run is left as is.
 
   Returns:
     A summary: ``epoch`` (last), ``best_epoch``, ``final`` (the last metrics
     record), ``resumed_from`` (epoch or None), ``already_finished`` (bool).
   """
-  config_lib.validate(config)
-  dataset = data.load_dataset(config.dataset, data_dir=config.data_dir or None,
-                              manual_dir=config.manual_dir or None)
-  config = ml_collections.ConfigDict(config.to_dict())  # resolved copy
-  config.data_shape = tuple(int(d) for d in dataset.image_shape)
-  if dataset.train_images.shape[0] < config.batch_size:
-    raise config_lib.ConfigError(
-        f"config.batch_size={config.batch_size} is not accepted: at most the "
-        f"{dataset.train_images.shape[0]} training examples of "
-        f"{config.dataset!r}")
-  workdir = runs.prepare_workdir(workdir, config)
-
-  root = jax.random.key(config.seed)
-  init_key, train_key, eval_key, data_key = (
-      jax.random.fold_in(root, s)
-      for s in (INIT_STREAM, TRAIN_STREAM, EVAL_STREAM, DATA_STREAM))
-  train_images, test_images = prepare_images(config, dataset, data_key)
-  trainer = make_trainer(config, train_images.shape[0])
-  state = trainer.init(init_key)
-
-  ckpts = checkpoint.Checkpoints(workdir / runs.CHECKPOINT_DIR,
-                                 keep_latest=config.keep_checkpoints,
-                                 keep_best=1, best_metric="test_elbo")
-  start, resumed_from = 1, None
-  if ckpts.latest_epoch() is not None:
-    resumed_from, restored = ckpts.restore({"state": state, "epoch": np.int32(0)})
-    state = restored["state"]
-    start = resumed_from + 1
-  runs.truncate_metrics(workdir, start - 1)
-
-  if start > config.num_epochs:
-    records = runs.read_metrics(workdir)
-    log(f"{workdir}: run already finished ({start - 1}/{config.num_epochs} "
-        f"epochs); nothing to do.")
-    ckpts.close()
-    return {"epoch": start - 1, "best_epoch": ckpts.best_epoch(),
-            "final": records[-1] if records else None,
-            "resumed_from": resumed_from, "already_finished": True}
-  if resumed_from is not None:
-    log(f"{workdir}: resuming from the checkpoint of epoch {resumed_from}.")
-
-  epochs = range(start, config.num_epochs + 1)
-  if progress:
-    from tqdm.auto import tqdm
-    epochs = tqdm(epochs, initial=start - 1, total=config.num_epochs,
-                  desc=Path(workdir).name, unit="epoch", leave=True)
-  record = None
-  for epoch in epochs:
-    t0 = time.perf_counter()
-    state, train_metrics = trainer.train_epoch(state, train_images, epoch,
-                                               train_key, config.beta)
-    train_metrics = jax.device_get(train_metrics)
-    t1 = time.perf_counter()
-    test_metrics = jax.device_get(
-        trainer.evaluate(state.params, test_images, eval_key, config.beta))
-    t2 = time.perf_counter()
-    record = {"epoch": epoch, **_as_floats("train", train_metrics),
-              **_as_floats("test", test_metrics),
-              "learning_rate": float(current_learning_rate(state.opt_state)),
-              "epoch_s": t1 - t0, "eval_s": t2 - t1}
-    runs.append_metrics(workdir, [record])
-    if epoch % config.checkpoint_every_epochs == 0 or epoch == config.num_epochs:
-      ckpts.save(epoch, {"state": state, "epoch": np.int32(epoch)},
-                 metrics={"test_elbo": record["test_elbo"]})
-    if progress:
-      epochs.set_postfix(test_elbo=f"{record['test_elbo']:.2f}",
-                         kl=f"{record['test_kl']:.2f}")
-  if progress:
-    epochs.close()
-  best = ckpts.best_epoch()
-  ckpts.close()
-  return {"epoch": config.num_epochs, "best_epoch": best, "final": record,
-          "resumed_from": resumed_from, "already_finished": False}
+  return fit_members([config], [workdir], progress=progress, log=log)[0]
 
 
 def summary_table(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
@@ -396,3 +664,34 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
   finally:
     ckpts.close()
   return LoadedRun(config, model, restored["state"].params, int(epoch))
+
+
+def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
+                 which: str | int = "latest") -> dict[str, Any]:
+  """How far two runs are apart: parameters and final test ELBO.
+
+  Returns:
+    ``max_relative_param_difference`` (max over leaves of
+    max|a - b| / max|b|), ``bitwise_params`` (bool), ``test_elbo_a``,
+    ``test_elbo_b``, ``test_elbo_difference`` (nats), ``epochs``.
+  """
+  a, b = load_run(workdir_a, which), load_run(workdir_b, which)
+  leaves_a = jax.tree_util.tree_leaves(jax.device_get(a.params))
+  leaves_b = jax.tree_util.tree_leaves(jax.device_get(b.params))
+  if jax.tree_util.tree_structure(a.params) != jax.tree_util.tree_structure(b.params):
+    raise runs.RunError(f"{workdir_a} and {workdir_b} have different models")
+  worst = 0.0
+  for x, y in zip(leaves_a, leaves_b):
+    if x.shape != y.shape:
+      raise runs.RunError(f"{workdir_a} and {workdir_b} have different models")
+    scale = max(float(np.max(np.abs(y))), 1e-30)
+    worst = max(worst, float(np.max(np.abs(x - y))) / scale)
+  elbo_a = {r["epoch"]: r["test_elbo"] for r in runs.read_metrics(workdir_a)}
+  elbo_b = {r["epoch"]: r["test_elbo"] for r in runs.read_metrics(workdir_b)}
+  return {"epochs": [a.epoch, b.epoch],
+          "max_relative_param_difference": worst,
+          "bitwise_params": all(np.array_equal(x, y)
+                                for x, y in zip(leaves_a, leaves_b)),
+          "test_elbo_a": elbo_a.get(a.epoch), "test_elbo_b": elbo_b.get(b.epoch),
+          "test_elbo_difference": abs(elbo_a.get(a.epoch, np.nan) -
+                                      elbo_b.get(b.epoch, np.nan))}

@@ -1,0 +1,32 @@
+"""Train a sweep (a grid of runs) as compiled, vmapped programs; report it.
+
+  python scripts/sweep.py --config experiments/beta_sweep.py --workdir runs/beta_sweep
+
+Each member lands in <workdir>/<member>/ as a complete run (config, metrics,
+checkpoints). Re-running resumes an interrupted sweep. At the end a table is
+printed and sweep.csv, sweep.json and rate_distortion.png are written.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vae import cli, sweep
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  with cli.user_errors():
+    rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+    print(sweep.table(rows))
+    for path in sweep.write_report(rows, _WORKDIR.value):
+      print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
