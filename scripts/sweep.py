@@ -21,12 +21,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  with cli.user_errors():
-    rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+  with cli.user_errors(), cli.stop_on_signals() as should_stop:
+    rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
+                           should_stop=should_stop)
     print(sweep.table(rows))
     for path in sweep.write_report(rows, _WORKDIR.value):
       print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -20,10 +20,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  with cli.user_errors():
-    summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
+  with cli.user_errors(), cli.stop_on_signals() as should_stop:
+    summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
+                        should_stop=should_stop)
     print(train.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,9 +1,18 @@
-"""Helpers shared by the thin scripts in ``scripts/``."""
+"""Helpers shared by the thin scripts in ``scripts/``.
+
+Exit statuses: 0 done; 2 a user error (bad config value, data file, path...);
+3 the loss became non-finite (``config.on_nan="stop"``); 75 stopped by
+SIGTERM/SIGINT after writing a checkpoint (run the same command to resume).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
+from typing import Callable, Iterator
+
+EXIT_USER_ERROR = 2
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -14,13 +23,57 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def user_errors():
-  """Turn errors caused by what the user typed or passed into a one-line
-  message on stderr and exit status 2, without a traceback. Also keeps the
-  libraries' INFO chatter (orbax, absl) off the terminal."""
+  """Turn errors caused by what the user typed or passed, and the ends of
+  interrupted or diverged runs, into a one-line message on stderr and a
+  distinct exit status, without a traceback. Also keeps the libraries'
+  INFO chatter (orbax, absl) off the terminal."""
   from absl import logging
+  from vae import train
   logging.set_verbosity(logging.WARNING)
   try:
     yield
   except _user_error_types() as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USER_ERROR)
+  except (train.Interrupted, train.Diverged) as e:
+    print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
+    sys.exit(type(e).exit_status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser for ``app.run(main, flags_parser=cli.parse_flags)``:
+  a bad flag or ``--config.<field>`` override (unknown field, wrong type)
+  gives one line and exit status 2, not a traceback."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # flags.Error, and ml_collections' own errors
+    message = " ".join(str(e).replace("\\n", "\n").replace("\\'", "'")
+                       .strip("'\"").split())
+    print(f"error: bad command-line flag: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], str | None]]:
+  """While active, SIGTERM and SIGINT ask training to stop at the next epoch
+  boundary (after a checkpoint) instead of killing it; a second signal
+  stops at once. Yields the ``should_stop`` callable for
+  :func:`vae.train.fit`."""
+  received: list[str] = []
+
+  def handler(signum, frame):
+    del frame
+    if received:
+      raise KeyboardInterrupt
+    received.append(signal.Signals(signum).name)
+    print(f"\n{received[0]} received: stopping after this epoch's checkpoint "
+          "(send it again to stop at once).", file=sys.stderr, flush=True)
+
+  previous = {s: signal.signal(s, handler)
+              for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield lambda: received[0] if received else None
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)

@@ -17,6 +17,7 @@ BINARIZE = ("none", "dynamic", "static")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 OBJECTIVES = ("vae", "autoencoder")
 KL_SCHEDULES = ("constant", "linear", "cyclical")
+ON_NAN = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.lr_decay_rate = 0.1  # exponential: factor reached at the last step
   c.weight_decay = 0.0  # adamw only
   c.grad_clip_norm = 0.0  # > 0: clip gradients to this global norm
+  c.on_nan = "stop"  # non-finite loss: "stop" the run, or "skip" the update
+  c.max_skipped_steps = 100  # on_nan="skip": consecutive skips tolerated
 
   # Evaluation and checkpoints.
   c.eval_batch_size = 1000
@@ -115,6 +118,8 @@ def validate(config: ml_collections.ConfigDict,
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "objective", OBJECTIVES)
   _choice(config, "kl_schedule", KL_SCHEDULES)
+  _choice(config, "on_nan", ON_NAN)
+  _positive_int(config, "max_skipped_steps")
   _positive_int(config, "latent_dim")
   _positive_int(config, "num_epochs")
   _positive_int(config, "batch_size")

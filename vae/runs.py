@@ -167,3 +167,49 @@ def append_metrics(workdir: str | os.PathLike,
     f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
     f.flush()
     os.fsync(f.fileno())
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLock:
+  """An exclusive lock on a run directory, held while a process trains in it.
+
+  Uses ``fcntl.flock`` on ``<workdir>/.lock``: the kernel releases it when
+  the holder dies, however it dies, so a stale lock (from a killed process)
+  is simply taken over. A live holder makes :meth:`acquire` raise
+  :class:`RunError` naming its pid.
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = Path(workdir) / LOCK_FILE
+    self._fd: int | None = None
+
+  def acquire(self) -> "WorkdirLock":
+    import fcntl
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+      os.close(fd)
+      raise RunError(
+          f"{self.path.parent} is in use by another run (pid {holder}); wait "
+          "for it to finish, stop it, or choose another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      import fcntl
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> "WorkdirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()

@@ -112,7 +112,9 @@ def groups(named: list[tuple[str, ml_collections.ConfigDict]]
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
               devices=None, progress: bool = True,
-              log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              log: Callable[[str], None] = print,
+              should_stop: Callable[[], str | None] | None = None
+              ) -> list[dict[str, Any]]:
   """Train every member (resuming any that were interrupted); return rows.
 
   Args:
@@ -139,7 +141,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
     summaries = train.fit_members([c for _, c in group],
                                   [workdir / n for n in names],
                                   devices=devices, progress=progress,
-                                  desc=desc, log=log)
+                                  desc=desc, log=log, should_stop=should_stop)
     for (name, member), summary in zip(group, summaries):
       rows.append(_row(name, member, axes, workdir / name, summary))
   return rows
@@ -166,6 +168,7 @@ def _row(name, member, axes, member_dir, summary) -> dict[str, Any]:
       "test_kl": final.get("test_kl"),
       "rate": final.get("test_kl"),
       "distortion": final.get("test_recon"),
+      "status": summary.get("status", "finished"),
       "best_epoch": summary["best_epoch"],
       "epochs": final.get("epoch"),
       "seconds": sum(r.get("epoch_s", 0.0) + r.get("eval_s", 0.0)
@@ -174,7 +177,7 @@ def _row(name, member, axes, member_dir, summary) -> dict[str, Any]:
 
 
 TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",
-                 "test_recon", "test_kl", "seconds")
+                 "test_recon", "test_kl", "seconds", "status")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -210,7 +213,8 @@ def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
   runs.write_json_atomic(workdir / REPORT_JSON, json.loads(json.dumps(
       rows, default=lambda v: list(v) if isinstance(v, tuple) else str(v))))
   written = [csv_path, workdir / REPORT_JSON]
-  vae_rows = [r for r in rows if r["objective"] == "vae"]
+  vae_rows = [r for r in rows
+              if r["objective"] == "vae" and r["status"] == "finished"]
   if vae_rows:
     from vae import plots  # matplotlib only when a plot is drawn
     plot_path = workdir / RATE_DISTORTION_PNG
@@ -225,7 +229,7 @@ def rate_distortion_by_beta(rows: list[dict[str, Any]]
   sorted by beta (VAE members only)."""
   by_beta: dict[float, list] = {}
   for r in rows:
-    if r["objective"] == "vae":
+    if r["objective"] == "vae" and r["status"] == "finished":
       by_beta.setdefault(float(r["beta"]), []).append(r)
   out = []
   for beta in sorted(by_beta):

@@ -21,6 +21,7 @@ remainder, different each epoch, is left out of that epoch).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -34,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vae import checkpoint, core, data, runs
+from vae import checkpoint, core, data, runs, tensorboard
 from vae import config as config_lib
 from vae.models import VAE, build_model, init_params
 
@@ -167,7 +168,9 @@ def make_optimizer(config: ml_collections.ConfigDict,
         f"config.optimizer={config.optimizer!r} is not accepted: one of "
         f"{config_lib.OPTIMIZERS}")
   if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+    opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  if config.on_nan == "skip":
+    opt = optax.apply_if_finite(opt, config.max_skipped_steps)
   return opt
 
 
@@ -206,9 +209,14 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
                progress, *, model: VAE, optimizer: optax.GradientTransformation,
                objective: str = "vae"
                ) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
-  """One optimizer step on the batch ``x`` ``[B, H, W, C]``; returns the new
-  state and the batch's per-example terms (see :func:`loss_fn`)."""
-  grads, terms = jax.grad(
+  """One optimizer step on the batch ``x`` ``[B, H, W, C]``.
+
+  Returns:
+    The new state, the batch's per-example terms (see :func:`loss_fn`) and
+    whether the loss and every gradient were finite (with
+    ``config.on_nan="skip"`` the optimizer then skipped the update).
+  """
+  (loss, terms), grads = jax.value_and_grad(
       lambda p: loss_fn(p, x, key, hyper, progress, model=model,
                         objective=objective), has_aux=True)(state.params)
   # Keep XLA from fusing the gradient products into the optimizer's
@@ -217,7 +225,15 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
   # member would no longer equal its standalone run to the bit.
   grads = jax.lax.optimization_barrier(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  return TrainState(optax.apply_updates(state.params, updates), opt_state), terms
+  finite = jnp.isfinite(loss) & all_finite(grads)
+  return (TrainState(optax.apply_updates(state.params, updates), opt_state),
+          terms, finite)
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every element of every leaf is finite."""
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                              for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def epoch_keys(train_key: jax.Array, epoch) -> tuple[jax.Array, jax.Array]:
@@ -261,11 +277,14 @@ def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Arra
     if binarize == "dynamic":
       x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
     progress = (epoch - 1) + step / num_steps
-    state, (log_lik, kl_per_dim) = train_step(
+    # Non-finite steps are flagged inside the compiled loop and read once,
+    # with the epoch's other outputs: no host sync per step.
+    new_state, (log_lik, kl_per_dim), finite = train_step(
         state, x, sample_key, hyper, progress, model=model,
         optimizer=optimizer, objective=objective)
-    return state, {"log_likelihood": log_lik, "kl_per_dim": kl_per_dim,
-                   "kl_weight": kl_weight(hyper, progress)}
+    return new_state, {"log_likelihood": log_lik, "kl_per_dim": kl_per_dim,
+                       "kl_weight": kl_weight(hyper, progress),
+                       "finite": finite}
 
   return jax.lax.scan(body, state, (jnp.arange(num_steps), batches))
 
@@ -280,8 +299,11 @@ def epoch_metrics(terms: dict[str, np.ndarray], free_bits: float,
       np.asarray(terms["kl_per_dim"], np.float64),
       np.asarray(terms["kl_weight"], np.float64), num_data_dims,
       np.float64(free_bits), xp=np)
-  metrics = {k: float(np.mean(v)) for k, v in per_step.items()}
+  finite = np.asarray(terms["finite"], bool)
+  metrics = {k: float(np.mean(v[finite])) if finite.any() else float("nan")
+             for k, v in per_step.items()}
   metrics["kl_weight"] = float(np.mean(terms["kl_weight"]))
+  metrics["nonfinite_steps"] = int(np.sum(~finite))
   return metrics
 
 
@@ -435,13 +457,33 @@ def _member_sharding(num_members: int, devices):
           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def _resume_epoch(ckpts: list[checkpoint.Checkpoints]) -> int:
-  """The newest epoch every member has a checkpoint of (0 if none)."""
+class Interrupted(Exception):
+  """Training stopped on request (SIGTERM/SIGINT) after a checkpoint."""
+
+  exit_status = 75  # EX_TEMPFAIL: try again later (re-running resumes)
+
+
+class Diverged(Exception):
+  """A run's loss became non-finite (config.on_nan = "stop")."""
+
+  exit_status = 3
+
+
+def _restore_members(ckpts: list[checkpoint.Checkpoints], like,
+                     log: Callable[[str], None]) -> tuple[int, list[Any]]:
+  """The newest epoch every member has a *valid* checkpoint of, and the
+  restored states; (0, []) when there is none. A corrupt checkpoint is
+  reported and the next older common epoch is tried."""
   common = None
   for c in ckpts:
     epochs = set(c.epochs())
     common = epochs if common is None else common & epochs
-  return max(common) if common else 0
+  for epoch in sorted(common or (), reverse=True):
+    try:
+      return epoch, [c.restore(like, epoch)[1]["state"] for c in ckpts]
+    except checkpoint.CheckpointError as e:
+      log(f"warning: {e}; trying an older checkpoint")
+  return 0, []
 
 
 def _progress_bar(enabled: bool, start: int, total: int, desc: str):
@@ -454,7 +496,9 @@ def _progress_bar(enabled: bool, start: int, total: int, desc: str):
 def fit_members(configs: list[ml_collections.ConfigDict],
                 workdirs: list[str | Path], *, devices=None,
                 progress: bool = True, desc: str | None = None,
-                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                log: Callable[[str], None] = print,
+                should_stop: Callable[[], str | None] | None = None
+                ) -> list[dict[str, Any]]:
   """Train (or resume) several runs that differ only in traced fields, as one
   compiled program over a stacked member axis.
 
@@ -462,8 +506,15 @@ def fit_members(configs: list[ml_collections.ConfigDict],
   writes it. With ``devices`` (more than one), the member axis is sharded
   over them (padded with copies of the last member, which are not saved).
 
+  Failures lose nothing: every workdir is locked against a second process;
+  when ``should_stop()`` returns a reason (e.g. a signal name) after an
+  epoch, every member is checkpointed and :class:`Interrupted` is raised; a
+  member whose loss turns non-finite is stopped at that epoch's end and
+  marked diverged (``diverged.json``), the others go on.
+
   Returns:
-    One summary per member (see :func:`fit`).
+    One summary per member (see :func:`fit`), with ``status`` "finished" or
+    "diverged".
   """
   if not configs or len(configs) != len(workdirs):
     raise ValueError("fit_members needs one workdir per config")
@@ -489,8 +540,18 @@ def fit_members(configs: list[ml_collections.ConfigDict],
         f"config.batch_size={first.batch_size} is not accepted: at most the "
         f"{dataset.train_images.shape[0]} training examples of "
         f"{first.dataset!r}")
-  workdirs = [runs.prepare_workdir(w, c) for w, c in zip(workdirs, configs)]
+  with contextlib.ExitStack() as stack_of_locks:
+    workdirs = [runs.prepare_workdir(w, c) for w, c in zip(workdirs, configs)]
+    for w in workdirs:
+      stack_of_locks.enter_context(runs.WorkdirLock(w))
+    return _train_locked(configs, workdirs, dataset, devices=devices,
+                         progress=progress, desc=desc, log=log,
+                         should_stop=should_stop)
 
+
+def _train_locked(configs, workdirs, dataset, *, devices, progress, desc, log,
+                  should_stop) -> list[dict[str, Any]]:
+  first = configs[0]
   num_real = len(configs)
   num_devices = 1 if devices is None else len(devices)
   padded = configs + [configs[-1]] * (-num_real % num_devices)
@@ -511,19 +572,52 @@ def fit_members(configs: list[ml_collections.ConfigDict],
                                   keep_latest=first.keep_checkpoints,
                                   keep_best=1, best_metric="test_elbo")
            for w in workdirs]
-  resumed_from = _resume_epoch(ckpts) or None
-  if resumed_from is not None:
+  try:
     like = {"state": unstack(state, 0), "epoch": np.int32(0)}
-    restored = [c.restore(like, resumed_from)[1]["state"] for c in ckpts]
-    restored += [restored[-1]] * (len(padded) - num_real)
-    state = place(stack(restored), member_sharding)
-  for w in workdirs:
-    runs.truncate_metrics(w, resumed_from or 0)
+    resumed_from, restored = _restore_members(ckpts, like, log)
+    resumed_from = resumed_from or None
+    if resumed_from is not None:
+      restored += [restored[-1]] * (len(padded) - num_real)
+      state = place(stack(restored), member_sharding)
+    for w in workdirs:
+      runs.truncate_metrics(w, resumed_from or 0)
+      (w / DIVERGED_FILE).unlink(missing_ok=True)
+    return _epochs(configs, workdirs, ckpts, trainer, state, keys, hyper,
+                   train_images, test_images, resumed_from, progress=progress,
+                   desc=desc, log=log, should_stop=should_stop)
+  finally:
+    for c in ckpts:
+      c.close()
+
+
+DIVERGED_FILE = "diverged.json"
+
+
+def _save(ckpt: checkpoint.Checkpoints, workdir: Path, epoch: int, state,
+          test_elbo: float) -> None:
+  """Checkpoint one member; a failed write names the path and what is kept."""
+  try:
+    ckpt.save(epoch, {"state": state, "epoch": np.int32(epoch)},
+              metrics={"test_elbo": test_elbo})
+  except (OSError, checkpoint.CheckpointError) as e:
+    kept = ckpt.latest_epoch()
+    raise runs.RunError(
+        f"the checkpoint of epoch {epoch} could not be written to "
+        f"{workdir / runs.CHECKPOINT_DIR}: {e}. "
+        + (f"The checkpoint of epoch {kept} is kept; free space (or fix the "
+           "directory) and re-run to resume from it." if kept else
+           "No earlier checkpoint exists.")) from None
+
+
+def _epochs(configs, workdirs, ckpts, trainer, state, keys, hyper,
+            train_images, test_images, resumed_from, *, progress, desc, log,
+            should_stop) -> list[dict[str, Any]]:
+  first = configs[0]
+  num_real = len(configs)
   start = (resumed_from or 0) + 1
   total = first.num_epochs
   num_data_dims = math.prod(first.data_shape)
   name = desc or workdirs[0].name
-
   if start > total:
     log(f"{name}: run already finished ({start - 1}/{total} epochs); "
         "nothing to do.")
@@ -531,6 +625,21 @@ def fit_members(configs: list[ml_collections.ConfigDict],
     log(f"{name}: resuming from the checkpoint of epoch {resumed_from}.")
   bar = _progress_bar(progress and start <= total, start, total, name)
   last = [None] * num_real
+  diverged: dict[int, dict[str, Any]] = {}
+  with contextlib.ExitStack() as loggers_stack:
+    loggers = [loggers_stack.enter_context(tensorboard.TensorBoardLogger.create(
+        w, purge_step=start)) for w in workdirs] if start <= total else []
+    return _epoch_loop(configs, workdirs, ckpts, trainer, state, keys, hyper,
+                       train_images, test_images, resumed_from, loggers, bar,
+                       last, diverged, start, total, num_data_dims, name, log,
+                       should_stop)
+
+
+def _epoch_loop(configs, workdirs, ckpts, trainer, state, keys, hyper,
+                train_images, test_images, resumed_from, loggers, bar, last,
+                diverged, start, total, num_data_dims, name, log, should_stop):
+  first = configs[0]
+  num_real = len(configs)
   for epoch in range(start, total + 1):
     t0 = time.perf_counter()
     state, train_terms = trainer.train_epoch(state, train_images, epoch,
@@ -541,47 +650,96 @@ def fit_members(configs: list[ml_collections.ConfigDict],
         trainer.evaluation_terms(state.params, test_images, keys.eval))
     t2 = time.perf_counter()
     learning_rates = np.asarray(current_learning_rate(state.opt_state))
-    save = epoch % first.checkpoint_every_epochs == 0 or epoch == total
+    stop_reason = should_stop() if should_stop is not None else None
+    save = (epoch % first.checkpoint_every_epochs == 0 or epoch == total
+            or stop_reason is not None)
+    member_states = jax.device_get(state) if save else None
     for i, workdir in enumerate(workdirs):
+      if i in diverged:
+        continue
       train_metrics = epoch_metrics(
           {k: v[i] for k, v in train_terms.items()}, configs[i].free_bits,
           num_data_dims)
       test_metrics = dataset_metrics(test_log_lik[i], test_kl[i],
                                      configs[i].beta, num_data_dims)
+      skipped = train_metrics.pop("nonfinite_steps")
+      if (skipped and configs[i].on_nan == "stop") or not math.isfinite(
+          test_metrics["elbo"]):
+        diverged[i] = _mark_diverged(workdir, ckpts[i], epoch, skipped,
+                                     configs[i].on_nan)
+        if num_real > 1:  # a lone run raises Diverged with the message
+          log(f"{workdir}: {diverged[i]['message']}")
+        continue
       record = {"epoch": epoch,
                 **{f"train_{k}": v for k, v in train_metrics.items()},
+                "train_skipped_steps": skipped,
                 **{f"test_{k}": v for k, v in test_metrics.items()},
                 "learning_rate": float(learning_rates[i]),
                 "epoch_s": t1 - t0, "eval_s": t2 - t1}
       runs.append_metrics(workdir, [record])
       last[i] = record
-    if save:
-      member_states = jax.device_get(state)
-      for i, c in enumerate(ckpts):
-        c.save(epoch, {"state": unstack(member_states, i),
-                       "epoch": np.int32(epoch)},
-               metrics={"test_elbo": last[i]["test_elbo"]})
+      if loggers[i].enabled:
+        loggers[i].scalars(epoch, record)
+        loggers[i].reconstructions(epoch, unstack(state.params, i),
+                                   trainer.model, test_images[:8],
+                                   jax.random.fold_in(keys.eval[i], epoch))
+      if save:
+        _save(ckpts[i], workdir, epoch, unstack(member_states, i),
+              record["test_elbo"])
     if bar is not None:
       bar.update(1)
-      if num_real == 1:
+      if num_real == 1 and last[0] is not None:
         bar.set_postfix(test_elbo=f"{last[0]['test_elbo']:.2f}",
                         kl=f"{last[0]['test_kl']:.2f}")
+    if len(diverged) == num_real:
+      break
+    if stop_reason is not None and epoch < total:
+      if bar is not None:
+        bar.close()
+      raise Interrupted(
+          f"{name}: stopped by {stop_reason} after epoch {epoch}/{total}; "
+          f"checkpoint saved. Run the same command again to resume.")
   if bar is not None:
     bar.close()
   summaries = []
   for i, (c, workdir) in enumerate(zip(ckpts, workdirs)):
     records = runs.read_metrics(workdir)
-    summaries.append({"epoch": total, "best_epoch": c.best_epoch(),
+    summaries.append({"epoch": records[-1]["epoch"] if records else 0,
+                      "best_epoch": c.best_epoch(),
                       "final": records[-1] if records else None,
                       "resumed_from": resumed_from,
-                      "already_finished": start > total})
-    c.close()
+                      "already_finished": start > total,
+                      "status": "diverged" if i in diverged else "finished",
+                      "diverged": diverged.get(i)})
+  if num_real == 1 and diverged:
+    raise Diverged(f"{workdirs[0]}: {diverged[0]['message']}")
   return summaries
 
 
+def _mark_diverged(workdir: Path, ckpt: checkpoint.Checkpoints, epoch: int,
+                   nonfinite_steps: int, on_nan: str) -> dict[str, Any]:
+  """Write ``diverged.json`` for a member whose loss became non-finite."""
+  good = ckpt.latest_epoch()
+  where = (f"the last good checkpoint is epoch {good} in "
+           f"{workdir / runs.CHECKPOINT_DIR}" if good else
+           "there is no good checkpoint")
+  cause = (f"{nonfinite_steps} step(s) had a non-finite loss or update"
+           if nonfinite_steps else "the test ELBO is not finite")
+  advice = ("lower config.learning_rate, set config.grad_clip_norm, or set "
+            "config.on_nan='skip' to skip non-finite updates"
+            if on_nan == "stop" else "lower config.learning_rate or set "
+            "config.grad_clip_norm")
+  info = {"epoch": epoch, "nonfinite_steps": nonfinite_steps,
+          "last_good_checkpoint": good,
+          "message": f"diverged in epoch {epoch}: {cause}; {where}. "
+                     f"Nothing was saved for epoch {epoch}; {advice}."}
+  runs.write_json_atomic(workdir / DIVERGED_FILE, info)
+  return info
+
+
 def fit(config: ml_collections.ConfigDict, workdir: str | Path, *,
-        progress: bool = True, log: Callable[[str], None] = print
-        ) -> dict[str, Any]:
+        progress: bool = True, log: Callable[[str], None] = print,
+        should_stop: Callable[[], str | None] | None = None) -> dict[str, Any]:
   """Train (or resume) the run described by ``config`` in ``workdir``.
 
   The same compiled program as a sweep, with one member. Writes the
@@ -593,7 +751,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path, *,
     A summary: ``epoch`` (last), ``best_epoch``, ``final`` (the last metrics
     record), ``resumed_from`` (epoch or None), ``already_finished`` (bool).
   """
-  return fit_members([config], [workdir], progress=progress, log=log)[0]
+  return fit_members([config], [workdir], progress=progress, log=log,
+                     should_stop=should_stop)[0]
 
 
 def summary_table(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:

@@ -1,0 +1,91 @@
+"""Draw every figure that applies to a run, or to a sweep, as PNG files.
+
+  python scripts/plot.py --workdir runs/quickstart
+  python scripts/plot.py --workdir runs/quickstart --baseline runs/autoencoder
+  python scripts/plot.py --workdir runs/beta_sweep          # a sweep directory
+
+A run directory (it holds config.json) gets its figures in <workdir>/figures/;
+a sweep directory (its subdirectories are runs) gets rate_distortion.png,
+sweep_reconstructions.png and, with an autoencoder member, a latent scatter
+beside it in <sweep>/figures/ (--members: each member's own figures too).
+The same run and --seed give byte-identical files. --tensorboard also writes
+TensorBoard event files (needs tensorboardX, the optional extra).
+"""
+
+from absl import app, flags
+
+from vae import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
+                               "directory (whose subdirectories are runs).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of every random draw in the "
+                             "figures (test images shown, samples, t-SNE).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
+                                  "'best', 'latest' or an epoch number.")
+_BASELINE = flags.DEFINE_string("baseline", None, "An autoencoder run drawn "
+                                "beside the VAE in the latent scatter.")
+_MEMBERS = flags.DEFINE_bool("members", False, "Sweep: also draw every "
+                             "member's own figures into <member>/figures/.")
+_TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Also export "
+                                 "metrics.jsonl and a reconstruction image as "
+                                 "TensorBoard event files (run or each "
+                                 "member) into <run>/tensorboard/.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def parse_checkpoint(value: str) -> str | int:
+  """'best', 'latest' or an epoch number."""
+  from vae import runs
+  if value in ("best", "latest"):
+    return value
+  try:
+    return int(value)
+  except ValueError:
+    raise runs.RunError(f"--checkpoint={value!r} is not accepted: 'best', "
+                        "'latest' or an epoch number") from None
+
+
+def main(argv):
+  del argv
+  with cli.user_errors():
+    from pathlib import Path
+
+    from vae import plots, runs, tensorboard
+    workdir = Path(_WORKDIR.value)
+    which = parse_checkpoint(_CHECKPOINT.value)
+    is_run = (workdir / runs.CONFIG_FILE).is_file()
+    if not is_run and not (workdir.is_dir() and plots.find_members(workdir)):
+      raise runs.RunError(
+          f"--workdir={str(workdir)!r} is not accepted: neither a run "
+          f"directory (holds {runs.CONFIG_FILE}) nor a sweep directory (whose "
+          f"subdirectories hold {runs.CONFIG_FILE})")
+    if is_run:
+      written = plots.plot_run(workdir, _SEED.value, which,
+                               baseline=_BASELINE.value)
+      members = [workdir]
+    else:
+      if _BASELINE.value:
+        print("note: --baseline is ignored for a sweep; its autoencoder "
+              "member (objective='autoencoder'), if any, is the baseline")
+      written = plots.plot_sweep(workdir, _SEED.value, which,
+                                 members_figures=_MEMBERS.value, log=print)
+      members = plots.find_members(workdir)
+    for path in written:
+      print(path)
+    if _TENSORBOARD.value:
+      for member in members:
+        try:
+          logdir = tensorboard.export_run(member, seed=_SEED.value,
+                                          which=which, log=print)
+        except runs.RunError as e:
+          if is_run:
+            raise
+          print(f"note: no TensorBoard export of {member}: {e}")
+          continue
+        if logdir is None:
+          break
+        print(logdir)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

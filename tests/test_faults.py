@@ -1,0 +1,272 @@
+"""Fault injection: nothing is lost and every failure says what happened.
+
+Each case is marked ``fault``; the run prints how many there were. Subprocess
+cases run scripts/train.py as a user would and kill or signal it for real.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from vae import checkpoint, data, runs, sweep, train
+from vae import config as config_lib
+
+pytestmark = pytest.mark.fault
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+TRAIN = [sys.executable, str(REPO / "scripts" / "train.py"), "--config",
+         str(REPO / "experiments" / "quickstart.py"), "--config.hidden_sizes=(32,)",
+         "--config.latent_dim=2", "--config.batch_size=200", "--noprogress"]
+
+
+def tiny(**overrides):
+  config = config_lib.default_config()
+  config.hidden_sizes, config.latent_dim, config.batch_size = (32,), 2, 200
+  config.num_epochs = 3
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def _quiet(_):
+  pass
+
+
+def _leaves(workdir, which="latest"):
+  return jax.tree_util.tree_leaves(jax.device_get(train.load_run(workdir, which).params))
+
+
+def _assert_same_run(a, b):
+  strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
+  assert strip(runs.read_metrics(a)) == strip(runs.read_metrics(b))
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The reference: 10 epochs of the tiny quickstart run, never interrupted."""
+  workdir = tmp_path_factory.mktemp("ref") / "run"
+  subprocess.run(TRAIN + ["--config.num_epochs=10", "--workdir", str(workdir)],
+                 env=ENV, check=True, capture_output=True)
+  return workdir
+
+
+def _start(workdir, epochs=10):
+  return subprocess.Popen(TRAIN + [f"--config.num_epochs={epochs}", "--workdir",
+                                   str(workdir)], env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epochs(workdir, count, proc, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if len(runs.read_metrics(workdir)) >= count:
+      return
+    time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_at_epoch_boundary_with_checkpoint_and_resumes_bitwise(
+    tmp_path, uninterrupted, sig):
+  rng = random.Random(sig)  # fixed seed for the moment of the signal
+  workdir = tmp_path / "run"
+  proc = _start(workdir)
+  _wait_for_epochs(workdir, rng.randint(1, 4), proc)
+  time.sleep(rng.uniform(0.0, 0.2))
+  proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 75, stderr[-2000:]
+  assert "stopped by " + sig.name in stderr and "Run the same command again" in stderr
+  stopped_at = len(runs.read_metrics(workdir))
+  assert checkpoint.Checkpoints(workdir / "checkpoints").latest_epoch() == stopped_at
+  out = subprocess.run(TRAIN + ["--config.num_epochs=10", "--workdir", str(workdir)],
+                       env=ENV, capture_output=True, text=True, check=True)
+  assert f"resuming from the checkpoint of epoch {stopped_at}" in out.stdout
+  _assert_same_run(workdir, uninterrupted)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, uninterrupted, seed):
+  rng = random.Random(seed)
+  workdir = tmp_path / "run"
+  proc = _start(workdir)
+  _wait_for_epochs(workdir, rng.randint(1, 6), proc)
+  time.sleep(rng.uniform(0.0, 0.3))  # anywhere: mid-epoch, mid-checkpoint-write
+  proc.kill()
+  proc.wait()
+  subprocess.run(TRAIN + ["--config.num_epochs=10", "--workdir", str(workdir)],
+                 env=ENV, capture_output=True, check=True)
+  _assert_same_run(workdir, uninterrupted)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage):
+  train.fit(tiny(num_epochs=3), tmp_path / "a", progress=False, log=_quiet)
+  latest = tmp_path / "a" / "checkpoints" / "3"
+  files = sorted((p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 64
+                  and "metadata" not in p.name.lower()), key=lambda p: -p.stat().st_size)
+  victim = files[0]
+  raw = bytearray(victim.read_bytes())
+  if damage == "truncate":
+    victim.write_bytes(bytes(raw[: len(raw) // 2]))
+  elif damage == "flip":
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+  else:
+    victim.unlink()
+  messages = []
+  summary = train.fit(tiny(num_epochs=5), tmp_path / "a", progress=False,
+                      log=messages.append)
+  assert summary["resumed_from"] == 2
+  assert any("checkpoints/3" in m for m in messages), messages
+  train.fit(tiny(num_epochs=5), tmp_path / "b", progress=False, log=_quiet)
+  _assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_non_finite_loss_stops_the_run_naming_epoch_and_last_good_checkpoint(tmp_path):
+  workdir = tmp_path / "run"
+  out = subprocess.run(TRAIN + ["--config.learning_rate=1000.0", "--config.num_epochs=3",
+                                "--workdir", str(workdir)], env=ENV, capture_output=True,
+                       text=True)
+  assert out.returncode == 3
+  assert "diverged in epoch 1" in out.stderr and "no good checkpoint" in out.stderr
+  assert "Traceback" not in out.stderr
+  info = json.loads((workdir / "diverged.json").read_text())
+  assert info["epoch"] == 1 and info["last_good_checkpoint"] is None
+  assert runs.read_metrics(workdir) == []  # nothing non-finite was recorded
+
+
+def test_diverging_sweep_member_is_stopped_alone(tmp_path):
+  config = tiny(num_epochs=2)
+  config.sweep = ml_collections.ConfigDict({"beta": (1.0, float("inf"))})
+  rows = sweep.run_sweep(config, tmp_path, progress=False, log=_quiet)
+  status = {r["member"]: r["status"] for r in rows}
+  assert status == {"beta1": "finished", "betainf": "diverged"}
+  assert len(runs.read_metrics(tmp_path / "beta1")) == 2
+  assert json.loads((tmp_path / "betainf" / "diverged.json").read_text())["epoch"] == 1
+  assert "diverged" in sweep.table(rows)
+
+
+def test_on_nan_skip_skips_and_counts_non_finite_updates(tmp_path):
+  config = tiny(num_epochs=2, beta=float("inf"), on_nan="skip", max_skipped_steps=1000)
+  trainer = train.make_trainer(config, 4000)
+  initial = jax.tree_util.tree_leaves(trainer.init(np.asarray([0], np.int32)).params)
+  summary = train.fit(config, tmp_path, progress=False, log=_quiet)
+  records = runs.read_metrics(tmp_path)
+  assert [r["train_skipped_steps"] for r in records] == [20, 20]  # 4000 / 200 steps
+  assert summary["status"] == "finished"
+  for x, y in zip(_leaves(tmp_path), initial, strict=True):
+    np.testing.assert_array_equal(x, np.asarray(y)[0])  # every update was skipped
+
+
+def test_second_process_on_a_live_workdir_is_refused_and_stale_lock_taken_over(tmp_path):
+  workdir = tmp_path / "run"
+  first = _start(workdir, epochs=400)
+  _wait_for_epochs(workdir, 1, first)
+  second = subprocess.run(TRAIN + ["--config.num_epochs=400", "--workdir", str(workdir)],
+                          env=ENV, capture_output=True, text=True)
+  assert second.returncode == 2
+  assert f"in use by another run (pid {first.pid})" in second.stderr
+  first.kill()  # dies holding the lock: the kernel releases it
+  first.wait()
+  third = subprocess.run(TRAIN + ["--config.num_epochs=1", "--workdir", str(tmp_path / "x"),
+                                  ], env=ENV, capture_output=True, text=True)
+  assert third.returncode == 0
+  lock = runs.WorkdirLock(workdir).acquire()  # stale lock: taken over
+  lock.release()
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(runs.RunError, match="is not writable"):
+    train.fit(tiny(), blocker / "run", progress=False, log=_quiet)
+  if os.geteuid() != 0:  # root ignores permission bits
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.raises(runs.RunError, match="is not writable"):
+      train.fit(tiny(), locked / "run", progress=False, log=_quiet)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+  original = checkpoint.Checkpoints.save
+
+  def failing_save(self, epoch, state, *, metrics):
+    if epoch == 2:
+      raise OSError(28, "No space left on device")
+    return original(self, epoch, state, metrics=metrics)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", failing_save)
+  with pytest.raises(runs.RunError) as excinfo:
+    train.fit(tiny(checkpoint_every_epochs=1), tmp_path, progress=False, log=_quiet)
+  message = str(excinfo.value)
+  assert "epoch 2" in message and "No space left" in message
+  assert "The checkpoint of epoch 1 is kept" in message
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", original)
+  assert train.load_run(tmp_path, "latest").epoch == 1
+
+
+BAD_CLI = [
+    (["--config.betta=1"], "betta"),
+    (["--config.beta=abc"], "beta"),
+    (["--config.latent_dim=-3"], "config.latent_dim=-3"),
+    (["--config.learn_scale=True"], "config.learn_scale=True"),
+    (["--config.dataset=imagenet"], "config.dataset='imagenet'"),
+    (["--config.on_nan=ignore"], "config.on_nan='ignore'"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD_CLI, ids=[a[0] for a, _ in BAD_CLI])
+def test_bad_command_line_values_give_one_clear_line(tmp_path, args, fragment):
+  out = subprocess.run(TRAIN + args + ["--workdir", str(tmp_path / "run")], env=ENV,
+                       capture_output=True, text=True)
+  assert out.returncode != 0
+  assert fragment in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def test_data_files_with_bad_values_are_refused(tmp_path):
+  images = np.random.default_rng(0).uniform(size=(5, 28, 28)).astype(np.float32)
+  for name, array in {"nan": np.where(images > 0.5, np.nan, images),
+                      "inf": np.where(images > 0.5, np.inf, images),
+                      "range": images * 3, "shape": images[:, :20, :20]}.items():
+    path = tmp_path / f"{name}.npy"
+    np.save(path, array)
+    with pytest.raises(data.DataError, match=str(path).replace(".", r"\.")):
+      data.load_images_file(path)
+  with pytest.raises(data.DataError, match="does not exist|not found|No such"):
+    data.load_images_file(tmp_path / "missing.npy")
+
+
+def test_checkpoint_of_another_model_shape_is_refused_by_name(tmp_path):
+  train.fit(tiny(num_epochs=1), tmp_path, progress=False, log=_quiet)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  saved["hidden_sizes"] = [48]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(checkpoint.CheckpointError) as excinfo:
+    train.load_run(tmp_path, "latest")
+  message = str(excinfo.value)
+  assert "Dense_0/kernel" in message and "(784, 32)" in message and "(784, 48)" in message
+
+
+def test_every_run_records_its_provenance(tmp_path):
+  train.fit(tiny(num_epochs=1), tmp_path, progress=False, log=_quiet)
+  record = json.loads((tmp_path / "provenance.json").read_text())
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint"):
+    assert record["versions"][name], name
+  assert record["python"] and record["platform"] and record["devices"]
+  assert "git_commit" in record and "git_dirty" in record
+  assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 2
