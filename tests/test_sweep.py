@@ -106,10 +106,11 @@ def test_autoencoder_baseline_is_deterministic_and_has_no_kl():
   expected = -jnp.mean(jnp.sum(jax.nn.log_sigmoid(logits) - (1 - x) * logits, axis=(1, 2, 3)))
   assert float(loss) == pytest.approx(float(expected), rel=1e-6)
   assert float(m["kl"]) == 0.0 and float(m["elbo"]) == -float(m["recon"])
-  a = train.loss_fn(params, x, jax.random.key(3), train.hyper_from_config(config), 0.0,
-                    model=model, objective="autoencoder")[0]
-  b = train.loss_fn(params, x, jax.random.key(4), train.hyper_from_config(config), 0.0,
-                    model=model, objective="autoencoder")[0]
+  objective = train.Objective.from_config(config)
+  a = train.loss_fn(params, {}, x, jax.random.key(3), train.hyper_from_config(config), 0.0,
+                    model=model, objective=objective)[0]
+  b = train.loss_fn(params, {}, x, jax.random.key(4), train.hyper_from_config(config), 0.0,
+                    model=model, objective=objective)[0]
   assert float(a) == float(b)  # no key enters the autoencoder
 
 

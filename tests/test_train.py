@@ -126,7 +126,7 @@ def test_dynamic_binarization_redraws_pixels(tmp_path):
     ("dataset", "cifar", "config.dataset='cifar'"),
     ("likelihood", "poisson", "config.likelihood='poisson'"),
     ("batch_size", 0, "config.batch_size=0"),
-    ("hidden_sizes", (), "config.hidden_sizes=()"),
+    ("hidden_sizes", (0,), "config.hidden_sizes=(0,)"),
     ("learning_rate", 0.0, "config.learning_rate=0.0"),
     ("lr_schedule", "cyclic", "config.lr_schedule='cyclic'"),
 ])

@@ -12,7 +12,9 @@ import ml_collections
 
 from vae import likelihoods, models
 
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "iwae")
+REDUCTIONS = ("sum", "mean_pixels")
+BERNOULLI_FORMS = ("logits", "clipped_probs")
 BINARIZE = ("none", "dynamic", "static")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 OBJECTIVES = ("vae", "autoencoder")
@@ -41,6 +43,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.hidden_sizes = (400,)  # MLP encoder widths; the decoder mirrors them
   c.conv_features = (32, 64)  # conv encoder channels; the decoder mirrors them
   c.activation = "relu"
+  c.batch_norm = False  # MLP: BatchNorm after each hidden Dense layer
+  c.decoder_output_activation = "none"  # e.g. "tanh" for a Gaussian mean
   c.latent_dim = 20
   c.likelihood = "bernoulli"  # "bernoulli" | "continuous_bernoulli" | "gaussian"
   c.gaussian_sigma = 1.0  # fixed sigma of the Gaussian likelihood
@@ -54,12 +58,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.kl_cycle_epochs = 10.0  # cyclical: epochs per cycle
   c.kl_cycle_ratio = 0.5  # cyclical: fraction of a cycle spent ramping
   c.free_bits = 0.0  # nats per latent dimension (Kingma et al. 2016); 0: off
+  # Pitfall demonstrations (training loss only; reported metrics stay exact):
+  c.reduction = "sum"  # "mean_pixels": the BROKEN per-pixel mean (collapse)
+  c.bernoulli_form = "logits"  # "clipped_probs": the fragile clipped BCE
 
   # Optimisation.
   c.num_epochs = 50
   c.batch_size = 128
   c.optimizer = "adam"
   c.learning_rate = 1e-3
+  c.adam_eps = 1e-8
   c.lr_schedule = "constant"
   c.warmup_epochs = 0  # warmup_cosine only
   c.lr_decay_rate = 0.1  # exponential: factor reached at the last step
@@ -119,6 +127,16 @@ def validate(config: ml_collections.ConfigDict,
   _choice(config, "objective", OBJECTIVES)
   _choice(config, "kl_schedule", KL_SCHEDULES)
   _choice(config, "on_nan", ON_NAN)
+  _choice(config, "reduction", REDUCTIONS)
+  _choice(config, "bernoulli_form", BERNOULLI_FORMS)
+  _choice(config, "decoder_output_activation",
+          ("none",) + models.ACTIVATIONS)
+  if config.bernoulli_form != "logits" and config.likelihood != "bernoulli":
+    _fail("bernoulli_form", config.bernoulli_form,
+          f"'logits' unless likelihood='bernoulli' (it is {config.likelihood!r})")
+  if config.batch_norm and config.architecture != "mlp":
+    _fail("batch_norm", config.batch_norm,
+          f"False unless architecture='mlp' (it is {config.architecture!r})")
   _positive_int(config, "max_skipped_steps")
   _positive_int(config, "latent_dim")
   _positive_int(config, "num_epochs")
@@ -128,8 +146,9 @@ def validate(config: ml_collections.ConfigDict,
   _positive_int(config, "checkpoint_every_epochs")
   _positive_int(config, "warmup_epochs", 0)
   widths = tuple(config.hidden_sizes)
-  if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
-    _fail("hidden_sizes", widths, "a non-empty tuple of positive integers")
+  if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+    _fail("hidden_sizes", widths,
+          "a tuple of positive integers (empty: a linear encoder/decoder)")
   feats = tuple(config.conv_features)
   if not feats or any(not isinstance(f, int) or f < 1 for f in feats):
     _fail("conv_features", feats, "a non-empty tuple of positive integers")
@@ -137,7 +156,8 @@ def validate(config: ml_collections.ConfigDict,
                 "kl_warmup_epochs"):
     if not config[field] >= 0:
       _fail(field, config[field], "a number >= 0")
-  for field in ("learning_rate", "gaussian_sigma", "kl_cycle_epochs"):
+  for field in ("learning_rate", "gaussian_sigma", "kl_cycle_epochs",
+                "adam_eps"):
     if not config[field] > 0:
       _fail(field, config[field], "a number > 0")
   if not 0 < config.lr_decay_rate <= 1:

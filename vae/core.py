@@ -34,9 +34,20 @@ class Posterior(NamedTuple):
   logvar: jax.Array
 
 
+def variables(params) -> dict:
+  """Flax variables from ``params``: the ``params`` collection alone, or (for
+  models with batch normalisation) ``{"params": ..., "batch_stats": ...}``."""
+  if isinstance(params, dict) and "params" in params:
+    return params
+  return {"params": params}
+
+
 def encode(params, x: jax.Array, *, model: VAE) -> Posterior:
-  """q(z | x) for images ``x`` ``[..., H, W, C]`` in [0, 1]. No key, no draw."""
-  mean, logvar = model.apply({"params": params}, x, method=VAE.encode)
+  """q(z | x) for images ``x`` ``[..., H, W, C]`` in [0, 1]. No key, no draw.
+
+  Evaluation mode: batch normalisation, if any, uses its running averages.
+  """
+  mean, logvar = model.apply(variables(params), x, method=VAE.encode)
   return Posterior(mean, logvar)
 
 
@@ -61,7 +72,7 @@ def decode(params, z: jax.Array, *, model: VAE) -> likelihoods.NaturalParams:
   ``GaussianParams(mean, log_scale)``. Never probabilities: see
   :func:`reconstruct` or :func:`vae.likelihoods.likelihood_mean` for those.
   """
-  return model.apply({"params": params}, z, method=VAE.decode)
+  return model.apply(variables(params), z, method=VAE.decode)
 
 
 def reconstruct(params, x: jax.Array, key: jax.Array | None = None, *,
@@ -108,6 +119,48 @@ def elbo_terms(params, x: jax.Array, key: jax.Array, *, model: VAE) -> ElboTerms
   log_lik = likelihoods.log_likelihood(model.likelihood,
                                        decode(params, z, model=model), x)
   return ElboTerms(log_lik, kl_per_dim(posterior), posterior)
+
+
+def train_terms(params, batch_stats, x: jax.Array, key: jax.Array | None, *,
+                model: VAE, likelihood: str | None = None
+                ) -> tuple[ElboTerms, Any]:
+  """Per-example terms in *training* mode, threading batch statistics.
+
+  Batch normalisation (if any) normalises with this batch's statistics and
+  updates its running averages; the updated ``batch_stats`` collection is
+  returned, never stored anywhere else. ``key=None`` decodes the posterior
+  mean (the autoencoder baseline; its KL terms are then zero).
+
+  Args:
+    params: the ``params`` collection.
+    batch_stats: the ``batch_stats`` collection (``{}`` without batch norm).
+    x: ``[B, H, W, C]``.
+    key: sampling key, or None for the deterministic code.
+    likelihood: log-likelihood form to use instead of the model's (for the
+      demonstration of the clipped-probability pitfall).
+
+  Returns:
+    (ElboTerms, new batch_stats).
+  """
+  mutable = ["batch_stats"] if batch_stats else False
+  collections = {"params": params, **({"batch_stats": batch_stats}
+                                      if batch_stats else {})}
+
+  def apply(fn_input, method):
+    out = model.apply(collections, fn_input, True, method=method,
+                      mutable=mutable)
+    if mutable:
+      out, updated = out
+      collections["batch_stats"] = updated["batch_stats"]
+    return out
+
+  posterior = Posterior(*apply(x, VAE.encode))
+  z = posterior.mean if key is None else sample(key, posterior)
+  log_lik = likelihoods.log_likelihood(likelihood or model.likelihood,
+                                       apply(z, VAE.decode), x)
+  kl = (jnp.zeros_like(posterior.mean) if key is None
+        else kl_per_dim(posterior))
+  return ElboTerms(log_lik, kl, posterior), collections.get("batch_stats", {})
 
 
 def metrics_from_terms(log_likelihood, kl_per_dim, beta, num_data_dims: int,

@@ -67,6 +67,23 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
   return jax.nn.log_sigmoid(logits) - (1.0 - x) * logits
 
 
+CLIPPED_EPS = 1e-7
+
+
+def bernoulli_clipped_log_prob(logits: jax.Array, x: jax.Array,
+                               eps: float = CLIPPED_EPS) -> jax.Array:
+  """The common *fragile* form, for demonstrations only: binary cross-entropy
+  on probabilities clipped to [eps, 1 - eps].
+
+  ``p = clip(sigmoid(logits), eps, 1 - eps)``; ``x log p + (1 - x) log(1 - p)``.
+  In float32, 1 - p rounds to 0 once logits exceed ~17 and the clip takes
+  over: the log-probability saturates at log(eps) = -16.1 nats per pixel and
+  its gradient vanishes, where :func:`bernoulli_log_prob` stays exact.
+  """
+  p = jnp.clip(jax.nn.sigmoid(logits), eps, 1.0 - eps)
+  return x * jnp.log(p) + (1.0 - x) * jnp.log(1.0 - p)
+
+
 def continuous_bernoulli_log_normalizer(logits: jax.Array) -> jax.Array:
   """log C(lambda) of the continuous Bernoulli, lambda = sigmoid(logits).
 
@@ -129,7 +146,8 @@ def log_likelihood(
   """log p(x | z) summed over every data dimension: nats per example.
 
   Args:
-    likelihood: one of LIKELIHOODS.
+    likelihood: one of LIKELIHOODS (or ``"bernoulli_clipped"``, the fragile
+      form kept for the logits-vs-sigmoid demonstration).
     params: natural parameters from the decoder (see module docstring).
     x: ``[..., H, W, C]`` data in [0, 1].
     data_ndim: how many trailing axes are data dimensions (3 for images).
@@ -139,6 +157,8 @@ def log_likelihood(
   """
   if likelihood == "bernoulli":
     per_dim = bernoulli_log_prob(params, x)
+  elif likelihood == "bernoulli_clipped":  # demonstration of the pitfall
+    per_dim = bernoulli_clipped_log_prob(params, x)
   elif likelihood == "continuous_bernoulli":
     per_dim = continuous_bernoulli_log_prob(params, x)
   elif likelihood == "gaussian":

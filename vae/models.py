@@ -64,6 +64,17 @@ class Dense(nn.Module):
     return bias_add(x @ kernel, bias)
 
 
+def hidden_layer(h: jax.Array, width: int, activation: str, batch_norm: bool,
+                 train: bool) -> jax.Array:
+  """Dense -> (BatchNorm) -> activation. BatchNorm normalises with the batch's
+  statistics and updates its running averages when ``train``; otherwise it
+  uses the running averages (the ``batch_stats`` collection)."""
+  h = Dense(width)(h)
+  if batch_norm:
+    h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
+  return activation_fn(activation)(h)
+
+
 def activation_fn(name: str):
   """The activation called ``name`` (one of ACTIVATIONS)."""
   if name not in ACTIVATIONS:
@@ -81,13 +92,14 @@ class MLPEncoder(nn.Module):
   hidden_sizes: Sequence[int]
   latent_dim: int
   activation: str = "relu"
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    act = activation_fn(self.activation)
+  def __call__(self, x: jax.Array, train: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
     h = x.reshape(x.shape[:-3] + (-1,))
     for width in self.hidden_sizes:
-      h = act(Dense(width)(h))
+      h = hidden_layer(h, width, self.activation, self.batch_norm, train)
     mean, logvar = jnp.split(Dense(2 * self.latent_dim, name="head")(h), 2, -1)
     return mean, logvar
 
@@ -99,16 +111,20 @@ class MLPDecoder(nn.Module):
   data_shape: tuple[int, int, int]
   out_per_pixel: int = 1
   activation: str = "relu"
+  batch_norm: bool = False
+  output_activation: str = "none"
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
-    act = activation_fn(self.activation)
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     hidden = z
     for width in self.hidden_sizes:
-      hidden = act(Dense(width)(hidden))
+      hidden = hidden_layer(hidden, width, self.activation, self.batch_norm,
+                            train)
     height, width, channels = self.data_shape
     out = Dense(height * width * channels * self.out_per_pixel,
-                   name="head")(hidden)
+                name="head")(hidden)
+    if self.output_activation != "none":
+      out = activation_fn(self.output_activation)(out)
     return out.reshape(z.shape[:-1] +
                        (height, width, channels * self.out_per_pixel))
 
@@ -121,7 +137,9 @@ class ConvEncoder(nn.Module):
   activation: str = "relu"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
+    del train  # no batch-dependent layers
     act = activation_fn(self.activation)
     batch_shape = x.shape[:-3]
     h = x.reshape((-1,) + x.shape[-3:])
@@ -143,7 +161,8 @@ class ConvDecoder(nn.Module):
   activation: str = "relu"
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    del train  # no batch-dependent layers
     act = activation_fn(self.activation)
     height, width, channels = self.data_shape
     scale = 2 ** len(self.features)
@@ -185,11 +204,13 @@ class VAE(nn.Module):
   gaussian_sigma: float = 1.0
   learn_scale: bool = False
 
-  def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return self.encoder(x)
+  def encode(self, x: jax.Array, train: bool = False
+             ) -> tuple[jax.Array, jax.Array]:
+    return self.encoder(x, train)
 
-  def decode(self, z: jax.Array) -> likelihoods.NaturalParams:
-    out = self.decoder(z)
+  def decode(self, z: jax.Array, train: bool = False
+             ) -> likelihoods.NaturalParams:
+    out = self.decoder(z, train)
     if self.likelihood != "gaussian":
       return out
     if self.learn_scale:
@@ -211,14 +232,16 @@ def out_per_pixel(likelihood: str, learn_scale: bool) -> int:
 
 def build_model(config) -> VAE:
   """The VAE a config describes (fields: architecture, hidden_sizes,
-  conv_features, activation, latent_dim, likelihood, gaussian_sigma,
-  learn_scale, data_shape)."""
+  conv_features, activation, batch_norm, decoder_output_activation,
+  latent_dim, likelihood, gaussian_sigma, learn_scale, data_shape)."""
   data_shape = tuple(config.data_shape)
   k = out_per_pixel(config.likelihood, config.learn_scale)
   if config.architecture == "mlp":
     hidden = tuple(config.hidden_sizes)
-    encoder = MLPEncoder(hidden, config.latent_dim, config.activation)
-    decoder = MLPDecoder(hidden[::-1], data_shape, k, config.activation)
+    encoder = MLPEncoder(hidden, config.latent_dim, config.activation,
+                         config.batch_norm)
+    decoder = MLPDecoder(hidden[::-1], data_shape, k, config.activation,
+                         config.batch_norm, config.decoder_output_activation)
   elif config.architecture == "conv":
     feats = tuple(config.conv_features)
     encoder = ConvEncoder(feats, config.latent_dim, config.activation)
@@ -231,6 +254,15 @@ def build_model(config) -> VAE:
 
 
 def init_params(model: VAE, key: jax.Array, data_shape: Sequence[int]):
-  """Fresh parameters for ``model``: a plain pytree (the ``params`` collection)."""
-  dummy = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
-  return model.init(key, dummy)["params"]
+  """Fresh parameters for ``model``: a plain pytree (the ``params`` collection).
+
+  For a model with batch normalisation this is ``{"params": ...,
+  "batch_stats": ...}`` (the two collections); the functions of
+  :mod:`vae.core` accept either form.
+  """
+  dummy = jnp.zeros((2,) + tuple(data_shape), jnp.float32)
+  variables = model.init(key, dummy)
+  if "batch_stats" in variables:
+    return {"params": variables["params"],
+            "batch_stats": variables["batch_stats"]}
+  return variables["params"]

@@ -57,7 +57,9 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   path = Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise RunError(f"{path} does not exist: {workdir} is not a run directory")
-  d = json.loads(path.read_text())
+  from vae import config as config_lib  # local: config imports the models
+  d = config_lib.default_config().to_dict()
+  d.update(json.loads(path.read_text()))  # fields newer than the run: defaults
   for key, value in d.items():
     if isinstance(value, list):
       d[key] = tuple(value)

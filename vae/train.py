@@ -46,12 +46,40 @@ class TrainState(NamedTuple):
   """Everything that changes during training (a pytree).
 
   Attributes:
-    params: model parameters.
+    params: model parameters (the ``params`` collection).
     opt_state: optax state (holds the step count and injected hyperparams).
+    batch_stats: running batch-norm statistics (``{}`` without batch norm);
+      threaded explicitly through every training step.
   """
 
   params: Any
   opt_state: Any
+  batch_stats: Any
+
+  def variables(self):
+    """What :mod:`vae.core` takes as ``params`` (evaluation mode)."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return self.params
+
+
+class Objective(NamedTuple):
+  """Static description of the training loss (hashable).
+
+  Attributes:
+    kind: "vae" or "autoencoder".
+    reduction: "sum" (correct) or "mean_pixels" (the broken per-pixel mean,
+      a demonstration of posterior collapse).
+    bernoulli_form: "logits" (exact) or "clipped_probs" (the fragile form).
+  """
+
+  kind: str = "vae"
+  reduction: str = "sum"
+  bernoulli_form: str = "logits"
+
+  @classmethod
+  def from_config(cls, config) -> "Objective":
+    return cls(config.objective, config.reduction, config.bernoulli_form)
 
 
 KL_SCHEDULES = config_lib.KL_SCHEDULES
@@ -146,9 +174,26 @@ def learning_rate_schedule(config: ml_collections.ConfigDict,
         0.0, lr, config.warmup_epochs * steps_per_epoch, total)
   if config.lr_schedule == "exponential":
     return optax.exponential_decay(lr, total, config.lr_decay_rate)
+  if config.lr_schedule == "iwae":
+    return optax.piecewise_constant_schedule(lr, {
+        b * steps_per_epoch: 10.0 ** (-1.0 / 7.0)
+        for b in iwae_stage_boundaries(config.num_epochs)})
   raise config_lib.ConfigError(
       f"config.lr_schedule={config.lr_schedule!r} is not accepted: one of "
       f"{config_lib.LR_SCHEDULES}")
+
+
+def iwae_stage_boundaries(num_epochs: int) -> list[int]:
+  """Epochs at which the IWAE schedule (Burda et al. 2015) starts a new stage:
+  stage i lasts 3^i epochs with learning rate lr * 10^(-i/7), i = 0..7
+  (3,280 epochs in all); a shorter run keeps the stages that fit."""
+  boundaries, end = [], 0
+  for i in range(8):
+    end += 3**i
+    if end >= num_epochs:
+      break
+    boundaries.append(end)
+  return boundaries
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
@@ -157,10 +202,12 @@ def make_optimizer(config: ml_collections.ConfigDict,
   learning rate injected (so it is logged and stored in the optimizer state)."""
   schedule = learning_rate_schedule(config, steps_per_epoch)
   if config.optimizer == "adam":
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=schedule,
+                                               eps=config.adam_eps)
   elif config.optimizer == "adamw":
     opt = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=schedule, weight_decay=config.weight_decay)
+        learning_rate=schedule, eps=config.adam_eps,
+        weight_decay=config.weight_decay)
   elif config.optimizer == "sgd":
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule)
   else:
@@ -184,31 +231,37 @@ def current_learning_rate(opt_state) -> jax.Array:
   raise ValueError("optimizer state has no injected learning rate")
 
 
-def loss_fn(params, x: jax.Array, key: jax.Array, hyper: Hyper, progress, *,
-            model: VAE, objective: str
-            ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-  """The training objective of one batch and its per-example terms.
+def loss_fn(params, batch_stats, x: jax.Array, key: jax.Array, hyper: Hyper,
+            progress, *, model: VAE, objective: Objective):
+  """The training objective of one batch, in training mode.
 
   The negative ELBO with the scheduled KL weight and free bits, or the
-  autoencoder baseline's reconstruction loss.
+  autoencoder baseline's reconstruction loss; the pitfall demonstrations of
+  :class:`Objective` change this loss only.
 
   Returns:
-    ``(loss, (log_likelihood [B], kl_per_dim [B, latent_dim]))``.
+    ``(loss, ((log_likelihood [B], kl_per_dim [B, latent_dim]),
+    new_batch_stats))``.
   """
-  if objective == "autoencoder":
-    terms = core.autoencoder_terms(params, x, model=model)
-  else:
-    terms = core.elbo_terms(params, x, key, model=model)
-  metrics = core.metrics_from_terms(
-      terms.log_likelihood, terms.kl_per_dim, kl_weight(hyper, progress),
-      math.prod(x.shape[-3:]), hyper.free_bits)
-  return metrics["loss"], (terms.log_likelihood, terms.kl_per_dim)
+  terms, batch_stats = core.train_terms(
+      params, batch_stats, x, None if objective.kind == "autoencoder" else key,
+      model=model, likelihood="bernoulli_clipped"
+      if objective.bernoulli_form == "clipped_probs" else None)
+  num_data_dims = math.prod(x.shape[-3:])
+  log_lik = terms.log_likelihood
+  if objective.reduction == "mean_pixels":
+    # BROKEN on purpose: a per-pixel mean next to a summed KL weights the
+    # KL num_data_dims times too much (the collapse demonstration).
+    log_lik = log_lik / num_data_dims
+  metrics = core.metrics_from_terms(log_lik, terms.kl_per_dim,
+                                    kl_weight(hyper, progress), num_data_dims,
+                                    hyper.free_bits)
+  return metrics["loss"], ((log_lik, terms.kl_per_dim), batch_stats)
 
 
 def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
                progress, *, model: VAE, optimizer: optax.GradientTransformation,
-               objective: str = "vae"
-               ) -> tuple[TrainState, tuple[jax.Array, jax.Array]]:
+               objective: Objective = Objective()):
   """One optimizer step on the batch ``x`` ``[B, H, W, C]``.
 
   Returns:
@@ -216,9 +269,10 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
     whether the loss and every gradient were finite (with
     ``config.on_nan="skip"`` the optimizer then skipped the update).
   """
-  (loss, terms), grads = jax.value_and_grad(
-      lambda p: loss_fn(p, x, key, hyper, progress, model=model,
-                        objective=objective), has_aux=True)(state.params)
+  (loss, (terms, batch_stats)), grads = jax.value_and_grad(
+      lambda p: loss_fn(p, state.batch_stats, x, key, hyper, progress,
+                        model=model, objective=objective),
+      has_aux=True)(state.params)
   # Keep XLA from fusing the gradient products into the optimizer's
   # element-wise update: such fusions are chosen differently for different
   # numbers of vmapped members and would change the rounding, so a sweep
@@ -226,8 +280,8 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
   grads = jax.lax.optimization_barrier(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   finite = jnp.isfinite(loss) & all_finite(grads)
-  return (TrainState(optax.apply_updates(state.params, updates), opt_state),
-          terms, finite)
+  return (TrainState(optax.apply_updates(state.params, updates), opt_state,
+                     batch_stats), terms, finite)
 
 
 def all_finite(tree) -> jax.Array:
@@ -245,7 +299,7 @@ def epoch_keys(train_key: jax.Array, epoch) -> tuple[jax.Array, jax.Array]:
 def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Array,
                 hyper: Hyper, *, model: VAE,
                 optimizer: optax.GradientTransformation, batch_size: int,
-                binarize: str = "none", objective: str = "vae"
+                binarize: str = "none", objective: Objective = Objective()
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One epoch of one run as a single ``lax.scan`` over minibatches.
 
@@ -394,13 +448,16 @@ def make_trainer(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
   optimizer = make_optimizer(config, steps_per_epoch)
 
   def init(seed):
-    params = init_params(model, member_keys(seed).init, config.data_shape)
-    return TrainState(params, optimizer.init(params))
+    collections = core.variables(
+        init_params(model, member_keys(seed).init, config.data_shape))
+    params = collections["params"]
+    return TrainState(params, optimizer.init(params),
+                      collections.get("batch_stats", {}))
 
   epoch_fn = functools.partial(
       train_epoch, model=model, optimizer=optimizer,
       batch_size=config.batch_size, binarize=config.binarize,
-      objective=config.objective)
+      objective=Objective.from_config(config))
   eval_fn = functools.partial(evaluation_terms, model=model,
                               batch_size=config.eval_batch_size,
                               objective=config.objective)
@@ -647,7 +704,7 @@ def _epoch_loop(configs, workdirs, ckpts, trainer, state, keys, hyper,
     train_terms = jax.device_get(train_terms)
     t1 = time.perf_counter()
     test_log_lik, test_kl = jax.device_get(
-        trainer.evaluation_terms(state.params, test_images, keys.eval))
+        trainer.evaluation_terms(state.variables(), test_images, keys.eval))
     t2 = time.perf_counter()
     learning_rates = np.asarray(current_learning_rate(state.opt_state))
     stop_reason = should_stop() if should_stop is not None else None
@@ -680,7 +737,7 @@ def _epoch_loop(configs, workdirs, ckpts, trainer, state, keys, hyper,
       last[i] = record
       if loggers[i].enabled:
         loggers[i].scalars(epoch, record)
-        loggers[i].reconstructions(epoch, unstack(state.params, i),
+        loggers[i].reconstructions(epoch, unstack(state.variables(), i),
                                    trainer.model, test_images[:8],
                                    jax.random.fold_in(keys.eval[i], epoch))
       if save:
@@ -776,7 +833,11 @@ def summary_table(summary: dict[str, Any], records: list[dict[str, Any]]) -> str
 
 
 class LoadedRun(NamedTuple):
-  """A trained run read back from its workdir (see :func:`load_run`)."""
+  """A trained run read back from its workdir (see :func:`load_run`).
+
+  ``params`` is what :mod:`vae.core` takes: the ``params`` collection, or
+  ``{"params", "batch_stats"}`` for a model with batch normalisation.
+  """
 
   config: ml_collections.ConfigDict
   model: VAE
@@ -812,17 +873,15 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
     if epoch is None:
       raise runs.RunError(f"{workdir} has no checkpoint yet")
     model = build_model(config)
-    # Shapes only: the optimizer state's structure comes from the config.
-    optimizer = make_optimizer(config, 1)
-    like = jax.eval_shape(
-        lambda: {"state": TrainState(
-            *(lambda p: (p, optimizer.init(p)))(
-                init_params(model, jax.random.key(0), config.data_shape))),
-                 "epoch": jnp.int32(0)})
+    # Shapes only: the state's structure comes from the config.
+    like = jax.eval_shape(lambda: {
+        "state": unstack(make_trainer(config, config.batch_size).init(
+            jnp.zeros((1,), jnp.int32)), 0),
+        "epoch": jnp.int32(0)})
     epoch, restored = ckpts.restore(like, epoch)
   finally:
     ckpts.close()
-  return LoadedRun(config, model, restored["state"].params, int(epoch))
+  return LoadedRun(config, model, restored["state"].variables(), int(epoch))
 
 
 def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
