@@ -68,6 +68,7 @@ def members(config: ml_collections.ConfigDict
   del base["sweep"]
   known = set(base.keys())
   if "members" in spec:
+    # Each member: config fields to set, and optionally its directory "name".
     assignments = [dict(m) for m in spec.pop("members")]
     if spec:
       raise config_lib.ConfigError(
@@ -84,12 +85,13 @@ def members(config: ml_collections.ConfigDict
     raise config_lib.ConfigError("config.sweep has no members")
   result, seen = [], set()
   for assignment in assignments:
+    explicit_name = assignment.pop("name", None)
     for field in assignment:
       if field not in known:
         raise config_lib.ConfigError(
             f"config.sweep.{field} is not accepted: sweep axes are config "
             f"fields; known: {sorted(known)}")
-    name = member_name(assignment)
+    name = explicit_name or member_name(assignment)
     if name in seen:
       raise config_lib.ConfigError(f"config.sweep repeats the member {name!r}")
     seen.add(name)
@@ -150,7 +152,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
 def _axes(config) -> list[str]:
   spec = config.sweep.to_dict()
   if "members" in spec:
-    return sorted({k for m in spec["members"] for k in m})
+    return sorted({k for m in spec["members"] for k in m} - {"name"})
   return list(spec)
 
 

@@ -1,0 +1,75 @@
+"""Every experiment file runs (its quick variant) and is what it says it is."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from vae import runs, sweep, train
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def load(name, variant=None):
+  spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def test_required_set_ups():
+  keras = load("keras_mlp")
+  assert (keras.hidden_sizes, keras.latent_dim, keras.batch_size, keras.num_epochs) == (
+      (512,), 32, 128, 50)
+  blog = load("keras_blog_latent2")
+  assert (blog.hidden_sizes, blog.latent_dim, blog.beta, blog.batch_size, blog.num_epochs) == (
+      (64,), 2, 2.0, 32, 20)
+  deep = load("deep_batchnorm")
+  assert deep.hidden_sizes == (512, 512, 512) and deep.batch_norm and deep.latent_dim == 2
+  kl = load("kl_weight_sweep")
+  names = [n for n, _ in sweep.members(kl)]
+  assert names == ["autoencoder", "beta0.5", "beta1", "beta5", "BROKEN_mean_pixels_demo"]
+  assert kl.hidden_sizes == () and kl.decoder_output_activation == "tanh"
+  assert kl.likelihood == "gaussian" and kl.latent_dim == 30
+  logits = load("logits_vs_sigmoid")
+  assert (logits.hidden_sizes, logits.latent_dim, logits.learning_rate, logits.batch_size) == (
+      (256,), 5, 1e-4, 100)
+  iwae = load("iwae_paper")
+  assert (iwae.hidden_sizes, iwae.activation, iwae.latent_dim, iwae.batch_size) == (
+      (200, 200), "tanh", 50, 20)
+  assert iwae.binarize == "dynamic" and iwae.num_epochs == 3280 == sum(3**i for i in range(8))
+  assert "86.76" in (EXPERIMENTS / "iwae_paper.py").read_text()
+
+
+def test_iwae_schedule_stages():
+  assert train.iwae_stage_boundaries(3280) == [1, 4, 13, 40, 121, 364, 1093]
+  config = load("iwae_paper")
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  for epoch, stage in [(1, 0), (2, 1), (4, 1), (5, 2), (1094, 7), (3280, 7)]:
+    lr = float(schedule((epoch - 1) * 10))
+    assert lr == pytest.approx(1e-3 * 10 ** (-stage / 7), rel=1e-5), (epoch, stage)
+
+
+@pytest.mark.parametrize("name", ["keras_mlp", "keras_blog_latent2", "deep_batchnorm",
+                                  "iwae_paper"])
+def test_quick_variant_of_each_run_experiment_trains(tmp_path, name):
+  config = load(name, "quick")
+  summary = train.fit(config, tmp_path, progress=False, log=lambda s: None)
+  records = runs.read_metrics(tmp_path)
+  assert len(records) == config.num_epochs and summary["status"] == "finished"
+  assert records[-1]["test_elbo"] < 0 and records[-1]["test_elbo"] > -600
+
+
+@pytest.mark.parametrize("name", ["kl_weight_sweep", "logits_vs_sigmoid"])
+def test_quick_variant_of_each_sweep_experiment_trains(tmp_path, name):
+  rows = sweep.run_sweep(load(name, "quick"), tmp_path, progress=False, log=lambda s: None)
+  assert all(r["status"] == "finished" for r in rows)
+
+
+def test_batch_stats_are_threaded_and_used_in_evaluation(tmp_path):
+  config = load("deep_batchnorm", "quick")
+  train.fit(config, tmp_path, progress=False, log=lambda s: None)
+  run = train.load_run(tmp_path, "latest")
+  assert set(run.params) == {"params", "batch_stats"}
+  stats = run.params["batch_stats"]["encoder"]["BatchNorm_0"]
+  assert float(abs(stats["mean"]).sum()) > 0  # running averages moved from zero
