@@ -13,9 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job: train the quickstart VAE on the embedded mnist_5k digits.
+# The main job, offline on the embedded mnist_5k digits: one VAE run (summary
+# table), then a small beta sweep trained as one compiled program (table,
+# sweep.csv, rate-distortion plot).
 run: $(STAMP)
 	$(PY) scripts/train.py --config experiments/quickstart.py --workdir runs/quickstart
+	$(PY) scripts/sweep.py --config experiments/beta_sweep.py:small --workdir runs/beta_sweep_small
 
 # The test suite (CPU, offline).
 test: $(STAMP)

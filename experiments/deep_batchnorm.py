@@ -11,10 +11,11 @@ averages (evaluation mode), passed as ``{"params", "batch_stats"}``.
   python scripts/train.py --config experiments/deep_batchnorm.py --workdir runs/deep_batchnorm
 """
 
-from vae.config import default_config
+from vae.config import check_variant, default_config
 
 
 def get_config(variant: str | None = None):
+  check_variant(variant, ("quick",))
   config = default_config()
   config.hidden_sizes = (512, 512, 512)
   config.batch_norm = True

@@ -22,10 +22,11 @@ computes (the test set is binarized once with a fixed key).
   python scripts/evaluate.py --workdir runs/iwae_paper --k 5000
 """
 
-from vae.config import default_config
+from vae.config import check_variant, default_config
 
 
 def get_config(variant: str | None = None):
+  check_variant(variant, ("quick",))
   config = default_config()
   config.hidden_sizes = (200, 200)
   config.activation = "tanh"

@@ -12,10 +12,11 @@ raw logits gives the grey, low-contrast manifolds seen in many re-implementation
   python scripts/plot.py --workdir runs/keras_blog_latent2
 """
 
-from vae.config import default_config
+from vae.config import check_variant, default_config
 
 
 def get_config(variant: str | None = None):
+  check_variant(variant, ("quick",))
   config = default_config()
   config.hidden_sizes = (64,)
   config.latent_dim = 2

@@ -14,10 +14,11 @@ a sample. ``scripts/plot.py`` draws them side by side (reconstructions.png).
   python scripts/train.py --config experiments/keras_mlp.py:quick --workdir /tmp/k
 """
 
-from vae.config import default_config
+from vae.config import check_variant, default_config
 
 
 def get_config(variant: str | None = None):
+  check_variant(variant, ("quick",))
   config = default_config()
   config.hidden_sizes = (512,)
   config.latent_dim = 32

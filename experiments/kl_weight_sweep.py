@@ -22,10 +22,11 @@ import math
 
 import ml_collections
 
-from vae.config import default_config
+from vae.config import check_variant, default_config
 
 
 def get_config(variant: str | None = None):
+  check_variant(variant, ("quick",))
   config = default_config()
   config.hidden_sizes = ()  # linear encoder; linear decoder ...
   config.decoder_output_activation = "tanh"  # ... followed by tanh

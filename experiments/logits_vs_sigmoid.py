@@ -14,10 +14,11 @@ difference is only in what they trained on.
 
 import ml_collections
 
-from vae.config import default_config
+from vae.config import check_variant, default_config
 
 
 def get_config(variant: str | None = None):
+  check_variant(variant, ("quick",))
   config = default_config()
   config.hidden_sizes = (256,)
   config.latent_dim = 5

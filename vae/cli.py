@@ -48,8 +48,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, and ml_collections' own errors
-    message = " ".join(str(e).replace("\\n", "\n").replace("\\'", "'")
-                       .strip("'\"").split())
+    text = str(e).replace("\\n", "\n").replace("\\'", "'")
+    if "Traceback" in text:  # a config file raised: keep its last line
+      text = text.strip().splitlines()[-1]
+    message = " ".join(text.strip("'\"").split())
     print(f"error: bad command-line flag: {message}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 

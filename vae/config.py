@@ -83,6 +83,13 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def check_variant(variant: str | None, accepted: tuple[str, ...]) -> None:
+  """For experiment files: ``--config file.py:VARIANT`` must be known."""
+  if variant is not None and variant not in accepted:
+    raise ConfigError(f"config variant {variant!r} is not accepted: one of "
+                      f"{accepted} (or none)")
+
+
 def _fail(field: str, value, accepted: str):
   raise ConfigError(f"config.{field}={value!r} is not accepted: {accepted}")
 
