@@ -1,7 +1,6 @@
 """Shared pytest set-up: the fault-injection count (issue: "count them and
 print the count in the test output")."""
 
-import pytest
 
 
 def pytest_configure(config):

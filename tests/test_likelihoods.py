@@ -106,3 +106,19 @@ def test_means_are_probabilities_not_logits():
 def test_unknown_likelihood_is_named():
   with pytest.raises(ValueError, match="'poisson'.*bernoulli"):
     likelihoods.log_likelihood("poisson", jnp.zeros(3), jnp.zeros(3), data_ndim=1)
+
+
+@pytest.mark.parametrize("logit,x,clipped_error", [
+    (10.0, 0.0, 5e-4), (15.0, 0.0, 0.156), (20.0, 0.0, 4.06), (-20.0, 1.0, 3.88),
+    (30.0, 0.0, 14.06)])
+def test_clipped_bce_loses_precision_where_log_sigmoid_stays_exact(logit, x, clipped_error):
+  # A confidently wrong pixel at logit l costs exactly |l| nats (up to e^-|l|).
+  exact = float(likelihoods.bernoulli_log_prob(jnp.float32(logit), x))
+  assert exact == pytest.approx(-abs(logit), abs=1e-4)
+  clipped = float(likelihoods.bernoulli_clipped_log_prob(jnp.float32(logit), x))
+  # The clipped form under-counts it: saturation at log(1e-7) and float32 1 - p.
+  assert clipped - exact == pytest.approx(clipped_error, rel=0.02, abs=1e-4)
+  grad = jax.grad(lambda l: likelihoods.bernoulli_clipped_log_prob(l, x))(jnp.float32(logit))
+  if abs(logit) >= 20:
+    assert float(grad) == 0.0  # the clip kills the gradient: the mistake is never corrected
+  assert float(jax.grad(lambda l: likelihoods.bernoulli_log_prob(l, x))(jnp.float32(logit))) != 0
