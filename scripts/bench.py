@@ -1,7 +1,8 @@
-"""Benchmark one training epoch against the matrix-product floor; prints JSON.
+"""Benchmark training speed; prints JSON.
 
-  python scripts/bench.py                     # 784-400-20 Bernoulli MLP, batch 128, 10,000 examples
-  python scripts/bench.py --hidden 64 --latent_dim 2 --batch_size 32
+  python scripts/bench.py                     # one epoch vs its matmul floor: 784-400-20, batch 128, 10,000 examples
+  python scripts/bench.py --sweep 16          # a 16-member sweep epoch / a single-member epoch, same model and data
+  python scripts/bench.py --sweep 16 --hidden 64 --latent_dim 2 --batch_size 32
 """
 
 import json
@@ -16,6 +17,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _EXAMPLES = flags.DEFINE_integer("num_examples", 10_000, "Examples per epoch.")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Epochs timed after compilation (>= 5).")
 _PRODUCTS = flags.DEFINE_bool("show_products", False, "Include each product's timing.")
+_SWEEP = flags.DEFINE_integer("sweep", 0, "If > 0: members of the sweep to time "
+                              "against a single member.")
 
 
 def main(argv):
@@ -23,9 +26,13 @@ def main(argv):
   with cli.user_errors():
     config = bench.bench_config([int(w) for w in _HIDDEN.value], _LATENT.value,
                                 _BATCH.value)
-    result = bench.epoch_benchmark(config, _EXAMPLES.value, max(5, _EPOCHS.value))
-  if not _PRODUCTS.value:
-    result.pop("floor_products")
+    if _SWEEP.value > 0:
+      result = bench.sweep_benchmark(_SWEEP.value, config, _EXAMPLES.value,
+                                     max(5, _EPOCHS.value))
+    else:
+      result = bench.epoch_benchmark(config, _EXAMPLES.value, max(5, _EPOCHS.value))
+      if not _PRODUCTS.value:
+        result.pop("floor_products")
   print(json.dumps(result, indent=2))
 
 

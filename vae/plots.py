@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -849,7 +850,8 @@ def rate_distortion(rows: Sequence[dict[str, Any]], path, *,
 
 
 def sweep_reconstructions(members: Sequence[tuple[float, Any, VAE]], images,
-                          path, *, title: str | None = None) -> Drawn:
+                          path, *, title: str | None = None,
+                          labels: Sequence[str] | None = None) -> Drawn:
   """Originals, then one row of deterministic reconstructions per member:
   1000 x (100 + 84 * (1 + len(members))) px.
 
@@ -878,8 +880,9 @@ def sweep_reconstructions(members: Sequence[tuple[float, Any, VAE]], images,
     box_w, box_h = _fit(grid.shape, width - 170, 84 * rows)
     ax = _axes_px(fig, 150 + (width - 170 - box_w) / 2, 45, box_w, box_h)
     _imshow(ax, grid)
-    ax.set_yticks(_centres(rows, h), ["originals x"] +
-                  [f"beta = {b:g}" for b, _, _ in members])
+    ax.set_yticks(_centres(rows, h), ["originals x"] + list(
+        labels if labels is not None else
+        [f"beta = {b:g}" for b, _, _ in members]))
     ax.set_xticks([])
     ax.tick_params(length=0)
     fig.suptitle(title or "Reconstructions across the sweep (one row per "
@@ -1107,10 +1110,17 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
                         f"{sorted(datasets)}: a sweep compares one dataset")
   out = sweep_dir / FIGURES_DIR
   tests = {m: load_test_set(r.config) for m, r in vaes}
+  from vae import sweep as sweep_lib
   if rows is None:
     rows = [{"member": m.name, "beta": float(r.config.beta),
              "seed": int(r.config.seed), "epoch": r.epoch,
+             "family": sweep_lib.family(r.config),
              **evaluate_member(r, tests[m].images)} for m, r in vaes]
+  # One curve: members that differ only in beta and seed (others, e.g. a
+  # demonstration variant, are named in the title instead of averaged in).
+  all_rows = rows
+  rows = sweep_lib.main_family(rows) if all("family" in r for r in rows) else rows
+  left_out = [r["member"] for r in all_rows if r not in rows]
   seeds = {}
   for r in rows:
     seeds[float(r["beta"])] = seeds.get(float(r["beta"]), 0) + 1
@@ -1118,22 +1128,31 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
       rows, out / "rate_distortion.png",
       title=f"{sweep_dir.resolve().name}: {len(rows)} members, checkpoint "
       f"{which!r} (seeds per beta: "
-      f"{', '.join(f'{b:g}: {n}' for b, n in sorted(seeds.items()))})").path]
+      f"{', '.join(f'{b:g}: {n}' for b, n in sorted(seeds.items()))})"
+      + (f"; left out: {', '.join(left_out)}" if left_out else "")).path]
 
-  per_beta: dict[float, tuple[Path, Any]] = {}
+  # One row per setting (its lowest seed), labelled by beta when beta is
+  # all that differs, else by the member's name without its seed.
+  per_setting: dict[str, tuple[Path, Any]] = {}
   for m, r in sorted(vaes, key=lambda mr: (float(mr[1].config.beta),
                                            int(mr[1].config.seed), mr[0].name)):
-    per_beta.setdefault(float(r.config.beta), (m, r))
-  chosen = [per_beta[b] for b in sorted(per_beta)]
+    per_setting.setdefault(sweep_lib.family(r.config) + repr(r.config.beta),
+                           (m, r))
+  chosen = list(per_setting.values())
+  only_beta = len({sweep_lib.family(r.config) for _, r in chosen}) == 1
+  labels = [f"beta = {float(r.config.beta):g}" if only_beta else
+            (re.sub(r"(^|_)seed\d+", "", m.name).strip("_") or m.name)
+            for m, r in chosen]
   root = jax.random.key(seed)
   first = tests[chosen[0][0]]
   shown = first.images[pick_indices(jax.random.fold_in(root, PICK_STREAM),
                                     first.images.shape[0], num_images)]
   written.append(sweep_reconstructions(
       [(float(r.config.beta), r.params, r.model) for _, r in chosen], shown,
-      out / "sweep_reconstructions.png",
-      title=f"{sweep_dir.resolve().name}: reconstructions, one row per beta "
-      f"(checkpoint {which!r}, lowest seed)").path)
+      out / "sweep_reconstructions.png", labels=labels,
+      title=f"{sweep_dir.resolve().name}: reconstructions, one row per "
+      f"{'beta' if only_beta else 'setting'} (checkpoint {which!r}, lowest "
+      "seed)").path)
 
   baseline_dir = aes[0][0] if aes else None
   if aes:

@@ -156,11 +156,30 @@ def _axes(config) -> list[str]:
   return list(spec)
 
 
+def family(config) -> str:
+  """Everything about a member but its beta and seed: members of one family
+  are points of one rate-distortion curve (seeds averaged per beta)."""
+  d = runs.config_to_dict(config)
+  for field in ("beta", "seed", "sweep"):
+    d.pop(field, None)
+  return json.dumps(d, sort_keys=True)
+
+
+def main_family(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The rows of the most common family (first one on ties)."""
+  counts: dict[str, int] = {}
+  for r in rows:
+    counts[r["family"]] = counts.get(r["family"], 0) + 1
+  top = max(counts, key=lambda f: (counts[f], -list(counts).index(f)))
+  return [r for r in rows if r["family"] == top]
+
+
 def _row(name, member, axes, member_dir, summary) -> dict[str, Any]:
   records = runs.read_metrics(member_dir)
   final = summary["final"] or (records[-1] if records else {})
   return {
       "member": name,
+      "family": family(member),
       **{a: member[a] for a in axes},
       "beta": member.beta, "seed": member.seed,
       "objective": member.objective, "kl_schedule": member.kl_schedule,
@@ -202,11 +221,12 @@ def _cell(value) -> str:
 def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
   """``sweep.csv``, ``sweep.json`` and the rate-distortion plot."""
   workdir = Path(workdir)
-  fields = list(dict.fromkeys(k for r in rows for k in r))
+  fields = [k for k in dict.fromkeys(k for r in rows for k in r)
+            if k != "family"]
   csv_path = workdir / REPORT_CSV
   tmp = csv_path.with_name(csv_path.name + ".tmp")
   with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
+    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
       writer.writerow({k: _format_value(v) if isinstance(v, (tuple, list)) else v
@@ -220,7 +240,12 @@ def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
   if vae_rows:
     from vae import plots  # matplotlib only when a plot is drawn
     plot_path = workdir / RATE_DISTORTION_PNG
-    plots.rate_distortion(vae_rows, plot_path)
+    curve = main_family(vae_rows)
+    left_out = [r["member"] for r in vae_rows if r not in curve]
+    plots.rate_distortion(curve, plot_path, title=(
+        f"{workdir.resolve().name}: {len(curve)} members, final epoch"
+        + (f" (other settings left out: {', '.join(left_out)})"
+           if left_out else "")))
     written.append(plot_path)
   return written
 

@@ -248,15 +248,17 @@ def loss_fn(params, batch_stats, x: jax.Array, key: jax.Array, hyper: Hyper,
       model=model, likelihood="bernoulli_clipped"
       if objective.bernoulli_form == "clipped_probs" else None)
   num_data_dims = math.prod(x.shape[-3:])
-  log_lik = terms.log_likelihood
+  loss_log_lik = terms.log_likelihood
   if objective.reduction == "mean_pixels":
     # BROKEN on purpose: a per-pixel mean next to a summed KL weights the
-    # KL num_data_dims times too much (the collapse demonstration).
-    log_lik = log_lik / num_data_dims
-  metrics = core.metrics_from_terms(log_lik, terms.kl_per_dim,
+    # KL num_data_dims times too much (the collapse demonstration). Only
+    # the loss is broken: the terms returned (and logged) stay in nats.
+    loss_log_lik = loss_log_lik / num_data_dims
+  metrics = core.metrics_from_terms(loss_log_lik, terms.kl_per_dim,
                                     kl_weight(hyper, progress), num_data_dims,
                                     hyper.free_bits)
-  return metrics["loss"], ((log_lik, terms.kl_per_dim), batch_stats)
+  return metrics["loss"], ((terms.log_likelihood, terms.kl_per_dim),
+                           batch_stats)
 
 
 def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
