@@ -205,3 +205,16 @@ def test_member_axis_sharded_over_four_cpu_devices_matches_unsharded(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["worst_relative"] < 1e-5
+
+
+def test_sweep_table_carries_evaluation_when_asked(tmp_path):
+  config = _sweep_config({"beta": (0.5, 200.0)}, num_epochs=2, eval_k=8)
+  rows = sweep.run_sweep(config, tmp_path, progress=False, log=lambda s: None)
+  for r in rows:
+    saved = json.loads((tmp_path / r["member"] / "eval.json").read_text())
+    assert r["nll"] == saved["nll_nats"] and saved["k"] == 8
+    assert r["active_units"] == saved["active_units"]
+  # A KL weight of 200 shuts the posterior: the table says so.
+  by = {r["member"]: r for r in rows}
+  assert by["beta200"]["collapse"] and not by["beta0.5"]["collapse"]
+  assert "nll" in sweep.table(rows) and "collapse" in sweep.table(rows)

@@ -80,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.keep_checkpoints = 3  # latest N kept (plus the best by test ELBO)
   c.checkpoint_every_epochs = 1
+  c.eval_k = 0  # sweeps: > 0 adds the IWAE NLL (k draws), active units, MI
   return c
 
 
@@ -145,6 +146,7 @@ def validate(config: ml_collections.ConfigDict,
     _fail("batch_norm", config.batch_norm,
           f"False unless architecture='mlp' (it is {config.architecture!r})")
   _positive_int(config, "max_skipped_steps")
+  _positive_int(config, "eval_k", 0)
   _positive_int(config, "latent_dim")
   _positive_int(config, "num_epochs")
   _positive_int(config, "batch_size")

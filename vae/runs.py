@@ -29,7 +29,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 # Fields that may change when a run is resumed (extending training).
-RESUMABLE_CHANGES = ("num_epochs",)
+RESUMABLE_CHANGES = ("num_epochs", "eval_k")
 
 
 class RunError(RuntimeError):
@@ -85,7 +85,10 @@ def prepare_workdir(workdir: str | os.PathLike,
   new = config_to_dict(config)
   path = workdir / CONFIG_FILE
   if path.exists():
-    old = json.loads(path.read_text())
+    from vae import config as config_lib  # local: config imports the models
+    # Fields added to the library after the run was made count as defaults.
+    old = {**config_to_dict(config_lib.default_config()),
+           **json.loads(path.read_text())}
     changed = sorted(k for k in set(old) | set(new)
                      if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
     if changed:

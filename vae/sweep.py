@@ -146,7 +146,28 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
                                   desc=desc, log=log, should_stop=should_stop)
     for (name, member), summary in zip(group, summaries):
       rows.append(_row(name, member, axes, workdir / name, summary))
+  if config.eval_k > 0:
+    add_evaluation(rows, workdir, config.eval_k, log)
   return rows
+
+
+EVAL_COLUMNS = ("nll", "active_units", "mutual_information", "collapse")
+
+
+def add_evaluation(rows: list[dict[str, Any]], workdir: str | Path, k: int,
+                   log: Callable[[str], None] = print) -> None:
+  """Evaluate every finished VAE member (``vae.evaluate.evaluate_run``: its
+  best checkpoint, k importance samples; writes its ``eval.json``) and add
+  the NLL, active units, mutual information and collapse flag to its row."""
+  from vae import evaluate  # local: evaluation is optional for a sweep
+  for row in rows:
+    if row["status"] != "finished" or row["objective"] != "vae":
+      continue
+    log(f"evaluating {row['member']} (k={k})")
+    result = evaluate.evaluate_run(Path(workdir) / row["member"], k=k)
+    row.update(nll=result["nll_nats"], active_units=result["active_units"],
+               mutual_information=result["mutual_information"],
+               collapse=bool(result["collapse"]["collapsed"]))
 
 
 def _axes(config) -> list[str]:
@@ -203,12 +224,14 @@ TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",
 
 def table(rows: list[dict[str, Any]]) -> str:
   """A plain-text table of the rows (nats per example)."""
+  columns = TABLE_COLUMNS + tuple(c for c in EVAL_COLUMNS
+                                  if any(c in r for r in rows))
   widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows))
-            for c in TABLE_COLUMNS}
-  lines = ["  ".join(f"{c:>{widths[c]}}" for c in TABLE_COLUMNS)]
+            for c in columns}
+  lines = ["  ".join(f"{c:>{widths[c]}}" for c in columns)]
   for r in rows:
     lines.append("  ".join(f"{_cell(r.get(c)):>{widths[c]}}"
-                           for c in TABLE_COLUMNS))
+                           for c in columns))
   return "\n".join(lines)
 
 
