@@ -27,5 +27,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 
+# Importance-weighted NLL (k = 5000) and diagnostics of the quickstart run.
+eval-quickstart: $(STAMP)
+	$(PY) scripts/evaluate.py --workdir runs/quickstart
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
