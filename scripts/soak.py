@@ -46,7 +46,8 @@ def main(argv):
   root = Path(_WORKDIR.value)
   soaked, reference = root / "soaked", root / "reference"
   env = {**os.environ, "PYTHONPATH": str(REPO)}
-  counts = {"SIGTERM": 0, "SIGKILL": 0, "finished_before_signal": 0}
+  counts = {"SIGTERM": 0, "SIGKILL": 0, "finished_before_signal": 0,
+            "exit_statuses": {}}
   t0 = time.time()
   for i in range(_N.value):
     proc = subprocess.Popen(command(soaked), env=env, stdout=subprocess.DEVNULL,
@@ -59,10 +60,15 @@ def main(argv):
     else:
       counts["finished_before_signal"] += 1
     _, stderr = proc.communicate()
+    statuses = counts["exit_statuses"]
+    statuses[str(proc.returncode)] = statuses.get(str(proc.returncode), 0) + 1
     done = len(runs.read_metrics(soaked))
     print(f"[{i + 1}/{_N.value}] {sig.name} -> exit {proc.returncode}, "
           f"{done}/{_EPOCHS.value} epochs recorded", flush=True)
-    if proc.returncode not in (0, 75, -9):
+    # 75: stopped at an epoch boundary after a checkpoint; -9: killed; -15: a
+    # SIGTERM that arrived during start-up, before training (and its signal
+    # handler) began, so there was nothing to save.
+    if proc.returncode not in (0, 75, -9, -15):
       print(stderr[-2000:], file=sys.stderr)
       sys.exit(1)
   subprocess.run(command(soaked), env=env, check=True, capture_output=True)
