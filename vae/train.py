@@ -671,6 +671,8 @@ def _save(ckpt: checkpoint.Checkpoints, workdir: Path, epoch: int, state,
 def _epochs(configs, workdirs, ckpts, trainer, state, keys, hyper,
             train_images, test_images, resumed_from, *, progress, desc, log,
             should_stop) -> list[dict[str, Any]]:
+  """The epoch loop of a group: train, evaluate, record, checkpoint, and
+  stop members that diverge or everything on request."""
   first = configs[0]
   num_real = len(configs)
   start = (resumed_from or 0) + 1
@@ -688,76 +690,65 @@ def _epochs(configs, workdirs, ckpts, trainer, state, keys, hyper,
   with contextlib.ExitStack() as loggers_stack:
     loggers = [loggers_stack.enter_context(tensorboard.TensorBoardLogger.create(
         w, purge_step=start)) for w in workdirs] if start <= total else []
-    return _epoch_loop(configs, workdirs, ckpts, trainer, state, keys, hyper,
-                       train_images, test_images, resumed_from, loggers, bar,
-                       last, diverged, start, total, num_data_dims, name, log,
-                       should_stop)
-
-
-def _epoch_loop(configs, workdirs, ckpts, trainer, state, keys, hyper,
-                train_images, test_images, resumed_from, loggers, bar, last,
-                diverged, start, total, num_data_dims, name, log, should_stop):
-  first = configs[0]
-  num_real = len(configs)
-  for epoch in range(start, total + 1):
-    t0 = time.perf_counter()
-    state, train_terms = trainer.train_epoch(state, train_images, epoch,
-                                             keys.train, hyper)
-    train_terms = jax.device_get(train_terms)
-    t1 = time.perf_counter()
-    test_log_lik, test_kl = jax.device_get(
-        trainer.evaluation_terms(state.variables(), test_images, keys.eval))
-    t2 = time.perf_counter()
-    learning_rates = np.asarray(current_learning_rate(state.opt_state))
-    stop_reason = should_stop() if should_stop is not None else None
-    save = (epoch % first.checkpoint_every_epochs == 0 or epoch == total
-            or stop_reason is not None)
-    member_states = jax.device_get(state) if save else None
-    for i, workdir in enumerate(workdirs):
-      if i in diverged:
-        continue
-      train_metrics = epoch_metrics(
-          {k: v[i] for k, v in train_terms.items()}, configs[i].free_bits,
-          num_data_dims)
-      test_metrics = dataset_metrics(test_log_lik[i], test_kl[i],
-                                     configs[i].beta, num_data_dims)
-      skipped = train_metrics.pop("nonfinite_steps")
-      if (skipped and configs[i].on_nan == "stop") or not math.isfinite(
-          test_metrics["elbo"]):
-        diverged[i] = _mark_diverged(workdir, ckpts[i], epoch, skipped,
-                                     configs[i].on_nan)
-        if num_real > 1:  # a lone run raises Diverged with the message
-          log(f"{workdir}: {diverged[i]['message']}")
-        continue
-      record = {"epoch": epoch,
-                **{f"train_{k}": v for k, v in train_metrics.items()},
-                "train_skipped_steps": skipped,
-                **{f"test_{k}": v for k, v in test_metrics.items()},
-                "learning_rate": float(learning_rates[i]),
-                "epoch_s": t1 - t0, "eval_s": t2 - t1}
-      runs.append_metrics(workdir, [record])
-      last[i] = record
-      if loggers[i].enabled:
-        loggers[i].scalars(epoch, record)
-        loggers[i].reconstructions(epoch, unstack(state.variables(), i),
-                                   trainer.model, test_images[:8],
-                                   jax.random.fold_in(keys.eval[i], epoch))
-      if save:
-        _save(ckpts[i], workdir, epoch, unstack(member_states, i),
-              record["test_elbo"])
-    if bar is not None:
-      bar.update(1)
-      if num_real == 1 and last[0] is not None:
-        bar.set_postfix(test_elbo=f"{last[0]['test_elbo']:.2f}",
-                        kl=f"{last[0]['test_kl']:.2f}")
-    if len(diverged) == num_real:
-      break
-    if stop_reason is not None and epoch < total:
+    for epoch in range(start, total + 1):
+      t0 = time.perf_counter()
+      state, train_terms = trainer.train_epoch(state, train_images, epoch,
+                                               keys.train, hyper)
+      train_terms = jax.device_get(train_terms)
+      t1 = time.perf_counter()
+      test_log_lik, test_kl = jax.device_get(
+          trainer.evaluation_terms(state.variables(), test_images, keys.eval))
+      t2 = time.perf_counter()
+      learning_rates = np.asarray(current_learning_rate(state.opt_state))
+      stop_reason = should_stop() if should_stop is not None else None
+      save = (epoch % first.checkpoint_every_epochs == 0 or epoch == total
+              or stop_reason is not None)
+      member_states = jax.device_get(state) if save else None
+      for i, workdir in enumerate(workdirs):
+        if i in diverged:
+          continue
+        train_metrics = epoch_metrics(
+            {k: v[i] for k, v in train_terms.items()}, configs[i].free_bits,
+            num_data_dims)
+        test_metrics = dataset_metrics(test_log_lik[i], test_kl[i],
+                                       configs[i].beta, num_data_dims)
+        skipped = train_metrics.pop("nonfinite_steps")
+        if (skipped and configs[i].on_nan == "stop") or not math.isfinite(
+            test_metrics["elbo"]):
+          diverged[i] = _mark_diverged(workdir, ckpts[i], epoch, skipped,
+                                       configs[i].on_nan)
+          if num_real > 1:  # a lone run raises Diverged with the message
+            log(f"{workdir}: {diverged[i]['message']}")
+          continue
+        record = {"epoch": epoch,
+                  **{f"train_{k}": v for k, v in train_metrics.items()},
+                  "train_skipped_steps": skipped,
+                  **{f"test_{k}": v for k, v in test_metrics.items()},
+                  "learning_rate": float(learning_rates[i]),
+                  "epoch_s": t1 - t0, "eval_s": t2 - t1}
+        runs.append_metrics(workdir, [record])
+        last[i] = record
+        if loggers[i].enabled:
+          loggers[i].scalars(epoch, record)
+          loggers[i].reconstructions(epoch, unstack(state.variables(), i),
+                                     trainer.model, test_images[:8],
+                                     jax.random.fold_in(keys.eval[i], epoch))
+        if save:
+          _save(ckpts[i], workdir, epoch, unstack(member_states, i),
+                record["test_elbo"])
       if bar is not None:
-        bar.close()
-      raise Interrupted(
-          f"{name}: stopped by {stop_reason} after epoch {epoch}/{total}; "
-          f"checkpoint saved. Run the same command again to resume.")
+        bar.update(1)
+        if num_real == 1 and last[0] is not None:
+          bar.set_postfix(test_elbo=f"{last[0]['test_elbo']:.2f}",
+                          kl=f"{last[0]['test_kl']:.2f}")
+      if len(diverged) == num_real:
+        break
+      if stop_reason is not None and epoch < total:
+        if bar is not None:
+          bar.close()
+        raise Interrupted(
+            f"{name}: stopped by {stop_reason} after epoch {epoch}/{total}; "
+            f"checkpoint saved. Run the same command again to resume.")
   if bar is not None:
     bar.close()
   summaries = []
