@@ -11,7 +11,10 @@ prepared for TFDS or read from a ``--config.manual_dir`` holding the four
 IDX files) and the full budget: 3,280 passes over 60,000 digits at batch 20,
 9.84 million steps. By default this config runs on the embedded mnist_5k
 (4,000 training digits, 656,000 steps); expect a worse NLL there, since 4,000
-digits overfit where 60,000 do not. Measured figures are in the README.
+digits overfit where 60,000 do not. Measured here on mnist_5k (README
+table): 3,280 epochs in about 33 minutes of training on 2 CPU cores, test
+ELBO -106.55, k = 5000 NLL 98.16 nats; the full-MNIST budget is 15 times the
+steps (about 8 hours on that CPU).
 
 Pitfall it shows: *the evaluation protocol*. The ELBO is a loose bound;
 papers compare models by the k = 5000 importance-weighted log-likelihood on
