@@ -31,12 +31,8 @@ TRAIN = [sys.executable, str(REPO / "scripts" / "train.py"), "--config",
 
 
 def tiny(**overrides):
-  config = config_lib.default_config()
-  config.hidden_sizes, config.latent_dim, config.batch_size = (32,), 2, 200
-  config.num_epochs = 3
-  for k, v in overrides.items():
-    config[k] = v
-  return config
+  return config_lib.with_fields(**{"hidden_sizes": (32,), "latent_dim": 2,
+                                   "batch_size": 200, "num_epochs": 3, **overrides})
 
 
 def _quiet(_):

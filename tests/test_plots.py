@@ -25,14 +25,8 @@ MIN_VARIANCE = 50.0  # grey-level variance (0..255): a blank figure has ~0
 
 
 def tiny_config(**overrides):
-  config = config_lib.default_config()
-  config.hidden_sizes = (64,)
-  config.latent_dim = 2
-  config.batch_size = 100
-  config.num_epochs = 2
-  for k, v in overrides.items():
-    config[k] = v
-  return config
+  return config_lib.with_fields(**{"hidden_sizes": (64,), "latent_dim": 2,
+                                   "batch_size": 100, "num_epochs": 2, **overrides})
 
 
 def fit(config, workdir):

@@ -20,15 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(**overrides):
-  config = config_lib.default_config()
-  config.hidden_sizes = (32,)
-  config.latent_dim = 2
-  config.batch_size = 200
-  config.num_epochs = 3
-  config.checkpoint_every_epochs = 3
-  for k, v in overrides.items():
-    config[k] = v
-  return config
+  return config_lib.with_fields(**{"hidden_sizes": (32,), "latent_dim": 2,
+                                   "batch_size": 200, "num_epochs": 3,
+                                   "checkpoint_every_epochs": 3, **overrides})
 
 
 def _sweep_config(axes, **overrides):

@@ -16,14 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**overrides):
-  config = config_lib.default_config()
-  config.hidden_sizes = (64,)
-  config.latent_dim = 4
-  config.batch_size = 100
-  config.num_epochs = 3
-  for k, v in overrides.items():
-    config[k] = v
-  return config
+  return config_lib.with_fields(**{"hidden_sizes": (64,), "latent_dim": 4,
+                                   "batch_size": 100, "num_epochs": 3, **overrides})
 
 
 def _final_params(workdir):

@@ -84,6 +84,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def with_fields(config: ml_collections.ConfigDict | None = None,
+                **fields) -> ml_collections.ConfigDict:
+  """A copy of ``config`` (default: :func:`default_config`) with ``fields`` set."""
+  result = ml_collections.ConfigDict(
+      (config if config is not None else default_config()).to_dict())
+  for field, value in fields.items():
+    result[field] = value
+  return result
+
+
 def check_variant(variant: str | None, accepted: tuple[str, ...]) -> None:
   """For experiment files: ``--config file.py:VARIANT`` must be known."""
   if variant is not None and variant not in accepted:

@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from vae import config as config_lib
 from vae import runs, train
@@ -271,19 +270,3 @@ def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
            if left_out else "")))
     written.append(plot_path)
   return written
-
-
-def rate_distortion_by_beta(rows: list[dict[str, Any]]
-                            ) -> list[tuple[float, float, float, float, float]]:
-  """(beta, mean rate, std rate, mean distortion, std distortion) over seeds,
-  sorted by beta (VAE members only)."""
-  by_beta: dict[float, list] = {}
-  for r in rows:
-    if r["objective"] == "vae" and r["status"] == "finished":
-      by_beta.setdefault(float(r["beta"]), []).append(r)
-  out = []
-  for beta in sorted(by_beta):
-    rate = np.asarray([r["rate"] for r in by_beta[beta]], np.float64)
-    dist = np.asarray([r["distortion"] for r in by_beta[beta]], np.float64)
-    out.append((beta, rate.mean(), rate.std(), dist.mean(), dist.std()))
-  return out

@@ -401,28 +401,6 @@ def evaluation_terms(params, images: jax.Array, key: jax.Array, *, model: VAE,
           kl_per_dim.reshape((-1, kl_per_dim.shape[-1]))[:n])
 
 
-def evaluate(params, images: jax.Array, key: jax.Array, hyper: Hyper, *,
-             model: VAE, batch_size: int, objective: str = "vae"
-             ) -> dict[str, jax.Array]:
-  """ELBO metrics over a whole dataset, in nats per example (exact means
-  over all N examples; ``loss`` uses the final beta, no free bits).
-
-  Args:
-    params: parameters.
-    images: ``[N, H, W, C]``.
-    key: PRNG key.
-    hyper: the run's traced settings.
-
-  Returns:
-    The metrics of :func:`vae.core.metrics_from_terms`.
-  """
-  log_lik, kl_per_dim = evaluation_terms(params, images, key, model=model,
-                                         batch_size=batch_size,
-                                         objective=objective)
-  return core.metrics_from_terms(log_lik, kl_per_dim, hyper.beta,
-                                 math.prod(images.shape[1:]))
-
-
 class Trainer(NamedTuple):
   """The compiled pieces of one group of runs sharing every static setting,
   each vmapped over a leading member axis (built by :func:`make_trainer`).
