@@ -9,7 +9,7 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli
+from vae import bench, cli, train
 
 _HIDDEN = flags.DEFINE_list("hidden", ["400"], "MLP hidden widths.")
 _LATENT = flags.DEFINE_integer("latent_dim", 20, "Latent size.")
@@ -19,11 +19,15 @@ _EPOCHS = flags.DEFINE_integer("epochs", 7, "Epochs timed after compilation (>= 
 _PRODUCTS = flags.DEFINE_bool("show_products", False, "Include each product's timing.")
 _SWEEP = flags.DEFINE_integer("sweep", 0, "If > 0: members of the sweep to time "
                               "against a single member.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "CPU devices to expose (0: one per core); a sweep's "
+    "member axis is sharded over them.")
 
 
 def main(argv):
   del argv
   with cli.user_errors():
+    train.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     config = bench.bench_config([int(w) for w in _HIDDEN.value], _LATENT.value,
                                 _BATCH.value)
     if _SWEEP.value > 0:

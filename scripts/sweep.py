@@ -10,18 +10,22 @@ printed and sweep.csv, sweep.json and rate_distortion.png are written.
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import cli, sweep
+from vae import cli, sweep, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["config", "workdir"])
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "CPU devices to expose (0: one per core); a sweep's "
+    "member axis is sharded over them.")
 
 
 def main(argv):
   del argv
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
+    train.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
                            should_stop=should_stop)
     print(sweep.table(rows))

@@ -201,6 +201,17 @@ def test_member_axis_sharded_over_four_cpu_devices_matches_unsharded(tmp_path):
   assert result["worst_relative"] < 1e-5
 
 
+def test_member_devices_one_per_member_at_most_and_bad_cpu_device_counts():
+  devices = ["d0", "d1"]
+  assert train.member_devices(1, devices) is None  # a lone run is not padded
+  assert train.member_devices(3, devices) == devices  # padded to 4
+  assert train.member_devices(16, devices) == devices
+  assert train.member_devices(16, None) is None
+  assert train.member_devices(2, devices[:1]) is None
+  with pytest.raises(config_lib.ConfigError, match="cpu_devices=-1"):
+    train.use_cpu_cores_as_devices(-1)
+
+
 def test_sweep_table_carries_evaluation_when_asked(tmp_path):
   config = _sweep_config({"beta": (0.5, 200.0)}, num_epochs=2, eval_k=8)
   rows = sweep.run_sweep(config, tmp_path, progress=False, log=lambda s: None)
@@ -212,3 +223,16 @@ def test_sweep_table_carries_evaluation_when_asked(tmp_path):
   by = {r["member"]: r for r in rows}
   assert by["beta200"]["collapse"] and not by["beta0.5"]["collapse"]
   assert "nll" in sweep.table(rows) and "collapse" in sweep.table(rows)
+
+
+def test_bench_sweep_shards_members_over_the_cpu_cores():
+  out = subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "bench.py"), "--sweep", "4",
+       "--hidden", "8", "--latent_dim", "2", "--batch_size", "100",
+       "--num_examples", "1000", "--epochs", "5", "--cpu_devices", "2"],
+      env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"},
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout[out.stdout.index("{"):])
+  assert (result["members"], result["sweep_devices"], len(result["devices"])) == (4, 2, 2)
+  assert result["sweep_over_single"] == result["sweep_epoch_s"] / result["single_epoch_s"]

@@ -101,17 +101,26 @@ def matmul_floor(step_fn, step_args, num_steps: int, repeats: int = 7
   return sum(p["epoch_s"] for p in products), products
 
 
-def _timed_epochs(config, images, num_members: int, epochs: int):
+def _timed_epochs(config, images, num_members: int, epochs: int, devices=None):
   """(compile seconds, per-epoch seconds, trainer, state, hyper, keys) of a
-  group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``."""
-  trainer = train.make_trainer(config, images.shape[0])
-  seeds = jnp.arange(num_members, dtype=jnp.int32) + config.seed
-  hyper = train.stack([train.hyper_from_config(config)] * num_members)
+  group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``, its
+  member axis sharded over ``devices`` as a sweep shards it."""
+  devices = train.member_devices(num_members, devices)
+  member_sharding, replicated = train._member_sharding(devices)
+  images = train.place(images, replicated)
+  trainer = train.make_trainer(config, images.shape[0], devices)
+  seeds = train.place(jnp.arange(num_members, dtype=jnp.int32) + config.seed,
+                      member_sharding)
+  hyper = train.place(
+      train.stack([train.hyper_from_config(config)] * num_members),
+      member_sharding)
   keys = jax.vmap(train.member_keys)(seeds)
-  state = trainer.init(seeds)
+  state = train.place(trainer.init(seeds), member_sharding)
   t0 = time.perf_counter()
-  compiled = trainer.train_epoch.lower(state, images, 1, keys.train,
-                                       hyper).compile()
+  epoch_args = (state, images, 1, keys.train, hyper)
+  compiled = (trainer.train_epoch.compile(*epoch_args)
+              if isinstance(trainer.train_epoch, train.PerDevice)
+              else trainer.train_epoch.lower(*epoch_args).compile())
   compile_s = time.perf_counter() - t0
   state, _ = compiled(state, images, 1, keys.train, hyper)  # warm-up
   jax.block_until_ready(state)
@@ -169,12 +178,16 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
 def sweep_benchmark(num_members: int, config=None, num_examples: int = 10_000,
                     epochs: int = 5) -> dict[str, Any]:
   """One epoch of a ``num_members`` sweep over one epoch of a single member,
-  same model and data, both measured here (medians over ``epochs``)."""
+  same model and data, both measured here (medians over ``epochs``). The
+  sweep's member axis is sharded over every device, as ``scripts/sweep.py``
+  shards it; the single member runs on one, as ``scripts/train.py`` runs it."""
   config = config if config is not None else bench_config()
   config_lib.validate(config)
   images = jnp.asarray(bench_images(num_examples))
   _, single, *_ = _timed_epochs(config, images, 1, epochs)
-  compile_s, swept, *_ = _timed_epochs(config, images, num_members, epochs)
+  devices = train.member_devices(num_members, jax.devices())
+  compile_s, swept, *_ = _timed_epochs(config, images, num_members, epochs,
+                                       devices)
   single_s, sweep_s = statistics.median(single), statistics.median(swept)
   return {
       "model": _model_name(config),
@@ -185,6 +198,7 @@ def sweep_benchmark(num_members: int, config=None, num_examples: int = 10_000,
       "sweep_epoch_s": sweep_s,
       "sweep_over_single": sweep_s / single_s,
       "sweep_compile_s": compile_s,
+      "sweep_devices": 1 if devices is None else len(devices),
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],
   }

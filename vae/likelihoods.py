@@ -49,13 +49,33 @@ class GaussianParams(NamedTuple):
 NaturalParams = Union[jax.Array, GaussianParams]
 
 
+def log_sigmoid(logits: jax.Array) -> jax.Array:
+  """``log sigmoid(l) = min(l, 0) - log1p(exp(-|l|))``, element-wise.
+
+  Exact and finite for any finite logit, and its gradient (JAX's, of this
+  expression) is ``sigmoid(-l)`` to within float32 rounding. Written out
+  rather than ``jax.nn.log_sigmoid``, whose general ``logaddexp`` costs
+  2.5x as much on XLA's CPU backend (1.3x with its gradient; measured on
+  [8, 32, 784] logits), and whose gradient is less accurate (5e-7 against
+  1e-7 worst case over N(0, 25) logits, against float64).
+  """
+  return jnp.minimum(logits, 0.0) - jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+@jax.custom_jvp
 def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
   """log Bernoulli(x | sigmoid(logits)), element-wise, in nats.
 
   Uses ``x * log_sigmoid(l) + (1 - x) * log_sigmoid(-l)`` with
-  ``log_sigmoid(-l) = log_sigmoid(l) - l``: one transcendental per pixel,
-  finite for any finite logit (|l| = 1e4 included), no epsilon clipping.
-  Valid for x in [0, 1] (the usual cross-entropy for non-binary x).
+  ``log_sigmoid(-l) = log_sigmoid(l) - l``: one :func:`log_sigmoid` per
+  pixel, finite for any finite logit (|l| = 1e4 included), no epsilon
+  clipping. Valid for x in [0, 1] (the usual cross-entropy for non-binary x).
+
+  Its derivative is given in closed form, ``d/dl = x - sigmoid(l)`` (and
+  ``d/dx = l``): one product per pixel in the backward pass, with no
+  multiply-add that XLA could contract into a fused multiply-add in one
+  compiled program and not in another (a sweep member would then differ
+  from its standalone run in the last bit).
 
   Args:
     logits: ``[...]`` decoder logits.
@@ -64,7 +84,27 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
   Returns:
     ``[...]`` log-probabilities.
   """
-  return jax.nn.log_sigmoid(logits) - (1.0 - x) * logits
+  return log_sigmoid(logits) - (1.0 - x) * logits
+
+
+def _bernoulli_log_prob_jvp(primals, tangents):
+  logits, x = primals
+  logits_dot, x_dot = tangents
+  e = jnp.exp(-jnp.abs(logits))
+  value = jnp.minimum(logits, 0.0) - jnp.log1p(e) - (1.0 - x) * logits
+  tangent = jnp.zeros_like(value)
+  if not isinstance(logits_dot, jax.custom_derivatives.SymbolicZero):
+    # x - sigmoid(l), from sigmoid(-|l|) = e / (1 + e) so that neither
+    # branch cancels: (x - 1) + sigmoid(-l) for l >= 0, x - sigmoid(l) below.
+    sigmoid_neg_abs = e / (1.0 + e)
+    tangent = logits_dot * jnp.where(logits >= 0, (x - 1.0) + sigmoid_neg_abs,
+                                     x - sigmoid_neg_abs)
+  if not isinstance(x_dot, jax.custom_derivatives.SymbolicZero):
+    tangent = tangent + x_dot * logits
+  return value, tangent
+
+
+bernoulli_log_prob.defjvp(_bernoulli_log_prob_jvp, symbolic_zeros=True)
 
 
 CLIPPED_EPS = 1e-7
@@ -155,6 +195,17 @@ def log_likelihood(
   Returns:
     ``[...]`` per-example log-likelihoods.
   """
+  # One flat data axis: XLA's CPU backend does not vectorise element-wise
+  # transcendentals over a trailing axis of size 1 (the channel of a grey
+  # image), which made this the slowest part of a training step.
+  def flat(a):
+    a = jnp.asarray(a)
+    return a if a.ndim < data_ndim else a.reshape(a.shape[:a.ndim - data_ndim] + (-1,))
+  x = flat(x)
+  if isinstance(params, GaussianParams):
+    params = GaussianParams(flat(params.mean), flat(params.log_scale))
+  else:
+    params = flat(params)
   if likelihood == "bernoulli":
     per_dim = bernoulli_log_prob(params, x)
   elif likelihood == "bernoulli_clipped":  # demonstration of the pitfall
@@ -166,7 +217,7 @@ def log_likelihood(
   else:
     raise ValueError(
         f"likelihood={likelihood!r} is not known; accepted: {LIKELIHOODS}")
-  return jnp.sum(per_dim, axis=tuple(range(-data_ndim, 0)))
+  return jnp.sum(per_dim, axis=-1)
 
 
 def likelihood_mean(likelihood: str, params: NaturalParams) -> jax.Array:

@@ -25,25 +25,33 @@ ARCHITECTURES = ("mlp", "conv")
 
 @jax.custom_vjp
 def bias_add(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """``y + bias`` whose bias gradient is a matrix product, not a reduction.
+  """``y + bias`` whose bias gradient is a batched matrix product.
 
-  The gradient of a broadcast add is a sum over the batch, and XLA emits
-  that reduction differently for different numbers of vmapped sweep members,
-  so a member would not match its standalone run to the bit. Summing with a
-  ``ones @ dy`` product instead gives every member the same arithmetic
-  whatever the member count.
+  Autodiff's bias gradient is a sum over the batch, and XLA emits that
+  reduction differently for different numbers of vmapped sweep members (and
+  fuses it with the element-wise ops that produce ``dy``, rounding them
+  differently), so a member would not match its standalone run to the bit.
+  Here it is ``ones [1, n] @ dy [n, F]``, with the ones derived from the
+  bias itself so that, under ``vmap``, they carry the member axis too: the
+  product is then one batched matrix product, which gives each member the
+  same result whatever the member count (an unbatched ``ones`` would be
+  folded into a product over all members at once, with a transposed copy
+  of ``dy``).
   """
   return y + bias
 
 
 def _bias_add_fwd(y, bias):
-  return y + bias, None
+  return y + bias, bias[:1]
 
 
-def _bias_add_bwd(_, dy):
+def _bias_add_bwd(bias_head, dy):
   rows = dy.reshape(-1, dy.shape[-1])
-  ones = jnp.ones((1, rows.shape[0]), dy.dtype)
-  return dy, (ones @ rows).reshape(dy.shape[-1:])
+  # [1] ones with the bias's batch axes (NaN if the bias is not finite, when
+  # the step is non-finite anyway).
+  one = bias_head * 0.0 + 1.0
+  ones = jnp.broadcast_to(one[None, :], (1, rows.shape[0]))
+  return dy, (ones @ rows)[0]
 
 
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)

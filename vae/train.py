@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -275,11 +276,6 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
       lambda p: loss_fn(p, state.batch_stats, x, key, hyper, progress,
                         model=model, objective=objective),
       has_aux=True)(state.params)
-  # Keep XLA from fusing the gradient products into the optimizer's
-  # element-wise update: such fusions are chosen differently for different
-  # numbers of vmapped members and would change the rounding, so a sweep
-  # member would no longer equal its standalone run to the bit.
-  grads = jax.lax.optimization_barrier(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   finite = jnp.isfinite(loss) & all_finite(grads)
   return (TrainState(optax.apply_updates(state.params, updates), opt_state,
@@ -287,9 +283,14 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array, hyper: Hyper,
 
 
 def all_finite(tree) -> jax.Array:
-  """True when every element of every leaf is finite."""
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                              for x in jax.tree_util.tree_leaves(tree)]))
+  """True when the sum of every leaf's elements is finite.
+
+  False for any NaN or infinity (they propagate through a sum), and also when
+  a float32 sum overflows (beyond 3.4e38: a diverged run in any case). One
+  reading pass over the gradients; ``all(isfinite(g))`` costs about twice
+  as much on XLA's CPU backend.
+  """
+  return jnp.isfinite(sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def epoch_keys(train_key: jax.Array, epoch) -> tuple[jax.Array, jax.Array]:
@@ -329,9 +330,13 @@ def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Arra
     step, indices = step_and_indices
     binarize_key, sample_key = jax.random.split(
         jax.random.fold_in(steps_key, step))
-    x = jnp.take(images, indices, axis=0)
+    # Rows of [N, H*W*C]: XLA's CPU backend gathers and draws over a flat
+    # row faster than over [H, W, C] with its trailing axis of size 1 (the
+    # draws are the same: bits are generated in row-major order).
+    x = jnp.take(images.reshape(images.shape[0], -1), indices, axis=0)
     if binarize == "dynamic":
       x = jax.random.bernoulli(binarize_key, x).astype(x.dtype)
+    x = x.reshape(indices.shape + images.shape[1:])
     progress = (epoch - 1) + step / num_steps
     # Non-finite steps are flagged inside the compiled loop and read once,
     # with the epoch's other outputs: no host sync per step.
@@ -421,8 +426,13 @@ class Trainer(NamedTuple):
   evaluation_terms: Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def make_trainer(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
-  """Model, optimizer and jitted, member-vmapped init / epoch / evaluation."""
+def make_trainer(config: ml_collections.ConfigDict, num_train: int,
+                 devices=None) -> Trainer:
+  """Model, optimizer and jitted, member-vmapped init / epoch / evaluation.
+
+  With ``devices`` (more than one; see :func:`member_devices`), each function
+  runs on every device's block of members (see :class:`PerDevice`).
+  """
   model = build_model(config)
   steps_per_epoch = num_train // config.batch_size
   optimizer = make_optimizer(config, steps_per_epoch)
@@ -441,11 +451,73 @@ def make_trainer(config: ml_collections.ConfigDict, num_train: int) -> Trainer:
   eval_fn = functools.partial(evaluation_terms, model=model,
                               batch_size=config.eval_batch_size,
                               objective=config.objective)
-  return Trainer(
-      model, optimizer, jax.jit(jax.vmap(init)),
-      jax.jit(jax.vmap(epoch_fn, in_axes=(0, None, None, 0, 0)),
-              donate_argnums=0),
-      jax.jit(jax.vmap(eval_fn, in_axes=(0, None, 0))))
+  init_fn = jax.jit(jax.vmap(init))
+  epoch_fn = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None, None, 0, 0)),
+                     donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(eval_fn, in_axes=(0, None, 0)))
+  if devices is not None and len(devices) > 1:
+    init_fn, epoch_fn, eval_fn = (PerDevice(fn, devices)
+                                  for fn in (init_fn, epoch_fn, eval_fn))
+  return Trainer(model, optimizer, init_fn, epoch_fn, eval_fn)
+
+
+class PerDevice:
+  """A jitted member-vmapped function run on each device's block of members.
+
+  Array arguments are either sharded over ``devices`` along their leading
+  (member) axis with a :class:`jax.sharding.NamedSharding` (see
+  :func:`place`) or replicated on them; other arguments are passed as they
+  are. Each device runs the *single-device* program on its own block (the calls
+  are dispatched asynchronously, so the devices run at once), and the
+  results are assembled into global arrays sharded the same way.
+
+  Why not one SPMD program (``jit`` of the sharded arrays, or ``shard_map``)?
+  XLA simplifies the partitioned program's optimizer arithmetic differently
+  (e.g. Adam's ``a / b / c`` becomes ``a / (b * c)``), so a member would
+  differ from its standalone run in the last bits, and training amplifies
+  such differences. The single-device program is the one a standalone run
+  uses, whose results do not depend on the member count.
+  """
+
+  def __init__(self, fn, devices, per_device_fns=None):
+    self.fn = fn
+    self.sharding = _member_sharding(list(devices))[0]
+    self.num_devices = len(devices)
+    # This process's devices (all of them on one host), in mesh order.
+    self.local_devices = [d for d in devices
+                          if d.process_index == jax.process_index()]
+    self.fns = per_device_fns or [fn] * len(self.local_devices)
+
+  @staticmethod
+  def _block(x, device):
+    if not isinstance(x, jax.Array):
+      return x
+    for shard in x.addressable_shards:
+      if shard.device == device:
+        return shard.data
+    raise ValueError(f"no shard of an argument on {device}")
+
+  def _global(self, *blocks):
+    # Blocks are equal (the member count is padded to the device count).
+    shape = (blocks[0].shape[0] * self.num_devices,) + blocks[0].shape[1:]
+    return jax.make_array_from_single_device_arrays(shape, self.sharding,
+                                                    list(blocks))
+
+  def _blocks(self, args) -> list[list[Any]]:
+    return [[jax.tree_util.tree_map(lambda x: self._block(x, device), a)
+             for a in args] for device in self.local_devices]
+
+  def compile(self, *args) -> "PerDevice":
+    """Ahead-of-time compiled for these arguments (one program per device)."""
+    return PerDevice(self.fn, self.sharding.mesh.devices.tolist(), [
+        self.fn.lower(*block_args).compile()
+        for block_args in self._blocks(args)])
+
+  def __call__(self, *args):
+    # Every block is taken before any call: a call may donate its blocks.
+    outputs = [fn(*block_args)
+               for fn, block_args in zip(self.fns, self._blocks(args))]
+    return jax.tree_util.tree_map(self._global, *outputs)
 
 
 def prepare_images(config, dataset: data.Dataset) -> tuple[jax.Array, jax.Array]:
@@ -485,13 +557,48 @@ def unstack(tree: Any, index: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x[index], tree)
 
 
-def _member_sharding(num_members: int, devices):
-  """(member-axis sharding, replicated sharding) over a 1-D mesh, or Nones."""
-  if devices is None or len(devices) <= 1:
+def use_cpu_cores_as_devices(count: int = 0) -> int:
+  """Expose ``count`` CPU devices (0: one per core this process may use), so
+  that a sweep's member axis is sharded over the cores as over accelerators.
+
+  XLA's CPU backend runs one program's small operations on one core at a
+  time; with the members split over one device per core, every core trains
+  its share of them. A standalone run uses one device and is unaffected.
+  Must be called before JAX starts its backends (the scripts call it first
+  thing); ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, if set,
+  wins. Returns the count asked for.
+  """
+  if count < 0:
+    raise config_lib.ConfigError(
+        f"cpu_devices={count} is not accepted: 0 (one per core) or a positive "
+        "count")
+  count = count or len(os.sched_getaffinity(0))
+  if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    jax.config.update("jax_num_cpu_devices", count)
+  return count
+
+
+def member_devices(num_members: int, devices) -> list | None:
+  """The devices a group of ``num_members`` is sharded over: at most one per
+  member (a lone run is not padded onto a second device), None for one."""
+  if devices is None or min(len(devices), num_members) <= 1:
+    return None
+  return list(devices)[:num_members]
+
+
+def _member_sharding(devices):
+  """(member-axis sharding, replicated sharding) over a 1-D mesh of
+  ``devices``, or Nones for no sharding."""
+  if devices is None:
     return None, None
   mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
   return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members")),
           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def place(tree, sharding):
+  """``tree`` put on ``sharding`` (unchanged when it is None)."""
+  return tree if sharding is None else jax.device_put(tree, sharding)
 
 
 class Interrupted(Exception):
@@ -590,20 +697,17 @@ def _train_locked(configs, workdirs, dataset, *, devices, progress, desc, log,
                   should_stop) -> list[dict[str, Any]]:
   first = configs[0]
   num_real = len(configs)
+  devices = member_devices(num_real, devices)
   num_devices = 1 if devices is None else len(devices)
   padded = configs + [configs[-1]] * (-num_real % num_devices)
-  member_sharding, replicated = _member_sharding(len(padded), devices)
-
-  def place(tree, sharding):
-    return tree if sharding is None else jax.device_put(tree, sharding)
-
+  member_sharding, replicated = _member_sharding(devices)
   train_images, test_images = (place(x, replicated)
                                for x in prepare_images(first, dataset))
-  trainer = make_trainer(first, train_images.shape[0])
+  trainer = make_trainer(first, train_images.shape[0], devices)
   seeds = place(jnp.asarray([c.seed for c in padded], jnp.int32), member_sharding)
   hyper = place(stack([hyper_from_config(c) for c in padded]), member_sharding)
   keys = jax.vmap(member_keys)(seeds)
-  state = trainer.init(seeds)
+  state = place(trainer.init(seeds), member_sharding)
 
   ckpts = [checkpoint.Checkpoints(w / runs.CHECKPOINT_DIR,
                                   keep_latest=first.keep_checkpoints,
