@@ -8,7 +8,7 @@ import json
 
 from absl import app, flags
 
-from vae import cli, train
+from vae import cli, runs, train
 
 _WHICH = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or an epoch.")
 
@@ -16,8 +16,8 @@ _WHICH = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or an epo
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: compare.py RUN_A RUN_B")
-  which = int(_WHICH.value) if _WHICH.value.isdigit() else _WHICH.value
   with cli.user_errors():
+    which = runs.parse_checkpoint(_WHICH.value)
     print(json.dumps(train.compare_runs(argv[1], argv[2], which), indent=2))
 
 

@@ -101,8 +101,8 @@ def main(argv):
     if _BENCH.value:
       _bench()
       return
-    checkpoint = evaluate.parse_checkpoint(_CHECKPOINT.value)
-    is_sweep, members = evaluate.find_runs(_WORKDIR.value)
+    checkpoint = runs.parse_checkpoint(_CHECKPOINT.value)
+    is_sweep, members = runs.find_runs(_WORKDIR.value)
     if _DATA.value:
       data.load_images_file(_DATA.value)  # a bad file fails here, once
     results = []

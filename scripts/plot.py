@@ -33,18 +33,6 @@ _TENSORBOARD = flags.DEFINE_bool("tensorboard", False, "Also export "
 flags.mark_flags_as_required(["workdir"])
 
 
-def parse_checkpoint(value: str) -> str | int:
-  """'best', 'latest' or an epoch number."""
-  from vae import runs
-  if value in ("best", "latest"):
-    return value
-  try:
-    return int(value)
-  except ValueError:
-    raise runs.RunError(f"--checkpoint={value!r} is not accepted: 'best', "
-                        "'latest' or an epoch number") from None
-
-
 def main(argv):
   del argv
   with cli.user_errors():
@@ -52,9 +40,9 @@ def main(argv):
 
     from vae import plots, runs, tensorboard
     workdir = Path(_WORKDIR.value)
-    which = parse_checkpoint(_CHECKPOINT.value)
+    which = runs.parse_checkpoint(_CHECKPOINT.value)
     is_run = (workdir / runs.CONFIG_FILE).is_file()
-    if not is_run and not (workdir.is_dir() and plots.find_members(workdir)):
+    if not is_run and not (workdir.is_dir() and runs.member_dirs(workdir)):
       raise runs.RunError(
           f"--workdir={str(workdir)!r} is not accepted: neither a run "
           f"directory (holds {runs.CONFIG_FILE}) nor a sweep directory (whose "
@@ -69,7 +57,7 @@ def main(argv):
               "member (objective='autoencoder'), if any, is the baseline")
       written = plots.plot_sweep(workdir, _SEED.value, which,
                                  members_figures=_MEMBERS.value, log=print)
-      members = plots.find_members(workdir)
+      members = runs.member_dirs(workdir)
     for path in written:
       print(path)
     if _TENSORBOARD.value:

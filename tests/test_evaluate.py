@@ -518,17 +518,17 @@ def test_eval_file_names():
 
 
 def test_find_runs(tiny_run, tmp_path):
-  assert evaluate.find_runs(tiny_run) == (False, [tiny_run])
+  assert runs.find_runs(tiny_run) == (False, [tiny_run])
   sweep = tmp_path / "sweep"
   for name in ("b", "a"):
     (sweep / name).mkdir(parents=True)
     (sweep / name / "config.json").write_text("{}")
   (sweep / "plots").mkdir()
-  assert evaluate.find_runs(sweep) == (True, [sweep / "a", sweep / "b"])
+  assert runs.find_runs(sweep) == (True, [sweep / "a", sweep / "b"])
   with pytest.raises(runs.RunError, match="neither a run directory"):
-    evaluate.find_runs(sweep / "plots")
+    runs.find_runs(sweep / "plots")
   with pytest.raises(runs.RunError, match="does not exist"):
-    evaluate.find_runs(tmp_path / "nope")
+    runs.find_runs(tmp_path / "nope")
 
 
 def test_script_on_a_sweep_directory(tiny_run, tmp_path):

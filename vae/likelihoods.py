@@ -90,8 +90,8 @@ def bernoulli_log_prob(logits: jax.Array, x: jax.Array) -> jax.Array:
 def _bernoulli_log_prob_jvp(primals, tangents):
   logits, x = primals
   logits_dot, x_dot = tangents
-  e = jnp.exp(-jnp.abs(logits))
-  value = jnp.minimum(logits, 0.0) - jnp.log1p(e) - (1.0 - x) * logits
+  value = bernoulli_log_prob(logits, x)
+  e = jnp.exp(-jnp.abs(logits))  # the same exp as log_sigmoid's: XLA computes it once
   tangent = jnp.zeros_like(value)
   if not isinstance(logits_dot, jax.custom_derivatives.SymbolicZero):
     # x - sigmoid(l), from sigmoid(-|l|) = e / (1 + e) so that neither

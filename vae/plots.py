@@ -906,7 +906,7 @@ class HeldOut(NamedTuple):
 
   Attributes:
     images: float32 ``[N, H, W, C]`` (binarised for ``binarize`` static or
-      dynamic exactly as training did, by ``train.prepare_images``).
+      dynamic exactly as training did, by ``train.prepare_test_images``).
     labels: int32 ``[N]``.
   """
 
@@ -916,11 +916,11 @@ class HeldOut(NamedTuple):
 
 def load_test_set(config) -> HeldOut:
   """The test split a run was evaluated on: ``data.load_dataset`` then
-  ``train.prepare_images`` (binarised as in training)."""
+  ``train.prepare_test_images`` (binarised as in training)."""
   from vae import train
-  dataset = _load_dataset(config.dataset, config.get("data_dir", "") or None,
-                          config.get("manual_dir", "") or None)
-  _, test = train.prepare_images(config, dataset)
+  dataset = _load_dataset(config.dataset, config.data_dir or None,
+                          config.manual_dir or None)
+  test = train.prepare_test_images(config, dataset.test_images)
   return HeldOut(np.asarray(test), np.asarray(dataset.test_labels))
 
 
@@ -928,11 +928,6 @@ def load_test_set(config) -> HeldOut:
 def _load_dataset(name, data_dir, manual_dir):
   from vae import data
   return data.load_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
-
-
-def objective(config) -> str:
-  """``"vae"`` or ``"autoencoder"`` (configs written before the field: vae)."""
-  return config.get("objective", "vae")
 
 
 def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
@@ -984,7 +979,7 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
   order = pick_indices(keys[PICK_STREAM], n, max(num_images, 1))
   shown, focus = test.images[order[:num_images]], test.images[order[0]]
   d = latent_dim(run.model)
-  is_vae = objective(run.config) == "vae"
+  is_vae = run.config.objective == "vae"
   params, model = run.params, run.model
   name = workdir.resolve().name
   written = [reconstructions(
@@ -1017,23 +1012,13 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
   return written
 
 
-def find_members(sweep_dir) -> list[Path]:
-  """The member runs of a sweep: subdirectories holding ``config.json``,
-  sorted by name."""
-  sweep_dir = Path(sweep_dir)
-  if not sweep_dir.is_dir():
-    raise runs.RunError(f"sweep directory {sweep_dir} does not exist")
-  return sorted(p for p in sweep_dir.iterdir()
-                if (p / runs.CONFIG_FILE).is_file())
-
-
 def evaluate_member(run, test_images) -> dict[str, float]:
   """Rate and distortion of a loaded run on its test images, in nats.
 
   One posterior sample per example, in batches of ``config.eval_batch_size``
   keyed ``fold_in(eval_key, batch_index)`` with the run's own evaluation key
-  ``fold_in(key(config.seed), EVAL_STREAM)``: as ``vae.train.evaluate`` does,
-  so these are the ``test_kl`` / ``test_recon`` that training logged for that
+  ``fold_in(key(config.seed), EVAL_STREAM)``: as
+  ``vae.train.evaluation_terms`` does, so these are the ``test_kl`` / ``test_recon`` that training logged for that
   epoch. ``rate`` = mean KL(q(z|x) || p(z)); ``distortion`` = mean
   -log p(x|z); ``elbo`` = -(rate + distortion).
   """
@@ -1046,7 +1031,7 @@ def evaluate_member(run, test_images) -> dict[str, float]:
   log_lik, kl = [], []
   for i, start in enumerate(range(0, images.shape[0], batch)):
     x = images[start:start + batch]
-    if x.shape[0] < batch:  # pad like train.evaluate (same shapes, same draws)
+    if x.shape[0] < batch:  # pad as evaluation_terms does (same draws)
       x = jnp.pad(x, [(0, batch - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
     ll, k = fn(run.params, x, jax.random.fold_in(key, i))
     n = min(batch, images.shape[0] - start)
@@ -1092,13 +1077,13 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
   log = log or (lambda s: None)
   sweep_dir = Path(sweep_dir)
   loaded = []
-  for member in find_members(sweep_dir):
+  for member in runs.member_dirs(sweep_dir):
     try:
       loaded.append((member, train.load_run(member, which)))
     except runs.RunError as e:
       log(f"skipped {member}: {e}")
-  vaes = [(m, r) for m, r in loaded if objective(r.config) == "vae"]
-  aes = [(m, r) for m, r in loaded if objective(r.config) == "autoencoder"]
+  vaes = [(m, r) for m, r in loaded if r.config.objective == "vae"]
+  aes = [(m, r) for m, r in loaded if r.config.objective == "autoencoder"]
   if not vaes:
     raise runs.RunError(
         f"{sweep_dir} holds no VAE member run with a checkpoint (members are "

@@ -218,3 +218,49 @@ class WorkdirLock:
 
   def __exit__(self, *exc) -> None:
     self.release()
+
+
+def parse_checkpoint(which: str | int) -> str | int:
+  """``'best'``, ``'latest'`` or an epoch number (also as a digit string)."""
+  if isinstance(which, str) and which.strip().isdigit():
+    return int(which)
+  if which in ("best", "latest") or (isinstance(which, int)
+                                     and not isinstance(which, bool)):
+    return which
+  raise RunError(f"checkpoint {which!r} is not accepted: 'best', "
+                 "'latest' or an epoch number")
+
+
+def member_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
+  """The member runs of a sweep directory: its subdirectories holding
+  ``config.json``, sorted by name."""
+  sweep_dir = Path(sweep_dir)
+  if not sweep_dir.is_dir():
+    raise RunError(f"sweep directory {sweep_dir} does not exist")
+  return sorted(p for p in sweep_dir.iterdir()
+                if p.is_dir() and (p / CONFIG_FILE).is_file())
+
+
+def find_runs(path: str | Path) -> tuple[bool, list[Path]]:
+  """``(is_sweep, run directories)`` of a run or a sweep directory.
+
+  A run directory holds ``config.json``. A sweep directory is not a run but
+  its immediate subdirectories that hold ``config.json`` are (its members,
+  sorted by name; other subdirectories are ignored).
+
+  Raises:
+    RunError: ``path`` is neither.
+  """
+  path = Path(path)
+  if (path / CONFIG_FILE).is_file():
+    return False, [path]
+  if not path.is_dir():
+    raise RunError(f"{path} does not exist or is not a directory; "
+                   "accepted: a run directory (holds config.json) or a "
+                   "sweep directory (whose subdirectories are runs)")
+  members = member_dirs(path)
+  if not members:
+    raise RunError(f"{path} is neither a run directory (no "
+                   f"{CONFIG_FILE}) nor a sweep directory (none of "
+                   f"its subdirectories holds {CONFIG_FILE})")
+  return True, members

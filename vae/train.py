@@ -525,17 +525,25 @@ def prepare_images(config, dataset: data.Dataset) -> tuple[jax.Array, jax.Array]
 
   ``static``: both sets binarised once with :func:`data_key`. ``dynamic``:
   train images stay grey (re-drawn every step in :func:`train_epoch`), the
-  test set is binarised once so test figures are comparable across epochs
-  and runs.
+  test set is binarised once (:func:`prepare_test_images`) so test figures
+  are comparable across epochs and runs.
   """
   train = jnp.asarray(dataset.train_images, jnp.float32)
-  test = jnp.asarray(dataset.test_images, jnp.float32)
-  train_key, test_key = jax.random.split(data_key())
   if config.binarize == "static":
+    train_key, _ = jax.random.split(data_key())
     train = jax.random.bernoulli(train_key, train).astype(jnp.float32)
+  return train, prepare_test_images(config, dataset.test_images)
+
+
+def prepare_test_images(config, images) -> jax.Array:
+  """Held-out images ``[N, H, W, C]`` as a run was evaluated on them:
+  binarised once (``static`` or ``dynamic``) with the test half of
+  :func:`data_key`, whatever the training set."""
+  test = jnp.asarray(images, jnp.float32)
   if config.binarize in ("static", "dynamic"):
+    _, test_key = jax.random.split(data_key())
     test = jax.random.bernoulli(test_key, test).astype(jnp.float32)
-  return train, test
+  return test
 
 
 def static_signature(config: ml_collections.ConfigDict) -> str:
@@ -599,6 +607,34 @@ def _member_sharding(devices):
 def place(tree, sharding):
   """``tree`` put on ``sharding`` (unchanged when it is None)."""
   return tree if sharding is None else jax.device_put(tree, sharding)
+
+
+class Group(NamedTuple):
+  """A compiled group of stacked members, initialised and placed."""
+
+  trainer: Trainer
+  state: TrainState
+  keys: MemberKeys
+  hyper: Hyper
+  member_sharding: Any  # NamedSharding of the member axis, or None
+  replicated: Any  # NamedSharding for arrays every device holds, or None
+
+
+def start_group(configs: list[ml_collections.ConfigDict], num_train: int,
+                devices=None) -> Group:
+  """The trainer, initial state, keys and traced settings of members that
+  differ only in traced fields, padded with copies of the last member to a
+  multiple of the devices they are sharded over (see :func:`member_devices`)."""
+  devices = member_devices(len(configs), devices)
+  num_devices = 1 if devices is None else len(devices)
+  padded = configs + [configs[-1]] * (-len(configs) % num_devices)
+  member_sharding, replicated = _member_sharding(devices)
+  trainer = make_trainer(configs[0], num_train, devices)
+  seeds = place(jnp.asarray([c.seed for c in padded], jnp.int32), member_sharding)
+  hyper = place(stack([hyper_from_config(c) for c in padded]), member_sharding)
+  keys = jax.vmap(member_keys)(seeds)
+  state = place(trainer.init(seeds), member_sharding)
+  return Group(trainer, state, keys, hyper, member_sharding, replicated)
 
 
 class Interrupted(Exception):
@@ -697,17 +733,12 @@ def _train_locked(configs, workdirs, dataset, *, devices, progress, desc, log,
                   should_stop) -> list[dict[str, Any]]:
   first = configs[0]
   num_real = len(configs)
-  devices = member_devices(num_real, devices)
-  num_devices = 1 if devices is None else len(devices)
-  padded = configs + [configs[-1]] * (-num_real % num_devices)
-  member_sharding, replicated = _member_sharding(devices)
-  train_images, test_images = (place(x, replicated)
-                               for x in prepare_images(first, dataset))
-  trainer = make_trainer(first, train_images.shape[0], devices)
-  seeds = place(jnp.asarray([c.seed for c in padded], jnp.int32), member_sharding)
-  hyper = place(stack([hyper_from_config(c) for c in padded]), member_sharding)
-  keys = jax.vmap(member_keys)(seeds)
-  state = place(trainer.init(seeds), member_sharding)
+  train_images, test_images = prepare_images(first, dataset)
+  group = start_group(configs, train_images.shape[0], devices)
+  trainer, state, keys, hyper = group.trainer, group.state, group.keys, group.hyper
+  train_images, test_images = (place(x, group.replicated)
+                               for x in (train_images, test_images))
+  num_padded = jax.tree_util.tree_leaves(hyper)[0].shape[0]
 
   ckpts = [checkpoint.Checkpoints(w / runs.CHECKPOINT_DIR,
                                   keep_latest=first.keep_checkpoints,
@@ -718,8 +749,8 @@ def _train_locked(configs, workdirs, dataset, *, devices, progress, desc, log,
     resumed_from, restored = _restore_members(ckpts, like, log)
     resumed_from = resumed_from or None
     if resumed_from is not None:
-      restored += [restored[-1]] * (len(padded) - num_real)
-      state = place(stack(restored), member_sharding)
+      restored += [restored[-1]] * (num_padded - num_real)
+      state = place(stack(restored), group.member_sharding)
     for w in workdirs:
       runs.truncate_metrics(w, resumed_from or 0)
       (w / DIVERGED_FILE).unlink(missing_ok=True)
@@ -936,27 +967,21 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
   ckpts = checkpoint.Checkpoints(Path(workdir) / runs.CHECKPOINT_DIR,
                                  keep_latest=config.keep_checkpoints)
   try:
-    if which == "best":
-      epoch = ckpts.best_epoch()
-    elif which == "latest":
-      epoch = ckpts.latest_epoch()
-    elif isinstance(which, int) and not isinstance(which, bool):
-      epoch = which
-    else:
-      raise runs.RunError(
-          f"checkpoint {which!r} is not accepted: 'best', 'latest' or an epoch")
+    which = runs.parse_checkpoint(which)
+    epoch = {"best": ckpts.best_epoch, "latest": ckpts.latest_epoch}.get(
+        which, lambda: which)()
     if epoch is None:
       raise runs.RunError(f"{workdir} has no checkpoint yet")
-    model = build_model(config)
+    trainer = make_trainer(config, config.batch_size)
     # Shapes only: the state's structure comes from the config.
     like = jax.eval_shape(lambda: {
-        "state": unstack(make_trainer(config, config.batch_size).init(
-            jnp.zeros((1,), jnp.int32)), 0),
+        "state": unstack(trainer.init(jnp.zeros((1,), jnp.int32)), 0),
         "epoch": jnp.int32(0)})
     epoch, restored = ckpts.restore(like, epoch)
   finally:
     ckpts.close()
-  return LoadedRun(config, model, restored["state"].variables(), int(epoch))
+  return LoadedRun(config, trainer.model, restored["state"].variables(),
+                   int(epoch))
 
 
 def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
