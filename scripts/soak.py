@@ -1,7 +1,10 @@
 """Soak test: interrupt a training run many times, resume each time, and check
 the final parameters are bitwise equal to an uninterrupted run's.
 
-  python scripts/soak.py --interruptions 50 --workdir runs/soak
+  python scripts/soak.py --interruptions 50 --workdir runs/soak --epochs 2000 --max_wait 15
+
+(enough epochs that every signal lands while training: the report counts
+``finished_before_signal``; the short defaults are for a quick look).
 
 Each round starts ``scripts/train.py`` on the same workdir, waits a random
 time (seeded), and sends SIGTERM (graceful: checkpoint, exit 75) or SIGKILL
