@@ -9,7 +9,7 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, train
+from vae import bench, cli, devices
 
 _HIDDEN = flags.DEFINE_list("hidden", ["400"], "MLP hidden widths.")
 _LATENT = flags.DEFINE_integer("latent_dim", 20, "Latent size.")
@@ -27,7 +27,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   with cli.user_errors():
-    train.use_cpu_cores_as_devices(_CPU_DEVICES.value)
+    devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     config = bench.bench_config([int(w) for w in _HIDDEN.value], _LATENT.value,
                                 _BATCH.value)
     if _SWEEP.value > 0:

@@ -8,7 +8,7 @@ import json
 
 from absl import app, flags
 
-from vae import cli, runs, train
+from vae import cli, restore, runs
 
 _WHICH = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or an epoch.")
 
@@ -18,7 +18,7 @@ def main(argv):
     raise app.UsageError("usage: compare.py RUN_A RUN_B")
   with cli.user_errors():
     which = runs.parse_checkpoint(_WHICH.value)
-    print(json.dumps(train.compare_runs(argv[1], argv[2], which), indent=2))
+    print(json.dumps(restore.compare_runs(argv[1], argv[2], which), indent=2))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import json
 
 from absl import app, flags
 
-from vae import cli, data, evaluate, runs
+from vae import bench, cli, data, evaluate, report, runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")
@@ -81,7 +81,7 @@ flags.register_multi_flags_validator(
 
 
 def _bench():
-  result = evaluate.iwae_benchmark(
+  result = bench.iwae_benchmark(
       _WORKDIR.value, k=_K.value, num_examples=_BENCH_EXAMPLES.value,
       batch_size=_BATCH.value, chunk_size=_CHUNK.value, seed=_SEED.value,
       repeats=_BENCH_REPEATS.value, log=lambda s: print(s, flush=True))
@@ -114,7 +114,7 @@ def main(argv):
             checkpoint=checkpoint, seed=_SEED.value, batch_size=_BATCH.value,
             chunk_size=_CHUNK.value, min_active_units=_MIN_AU.value,
             kl_floor=_KL_FLOOR.value, progress=_PROGRESS.value)
-      except cli._user_error_types() as e:  # pylint: disable=protected-access
+      except cli.USER_ERRORS as e:
         if not is_sweep:
           raise
         results.append((name, str(e)))
@@ -123,7 +123,7 @@ def main(argv):
       if is_sweep and _PROGRESS.value:
         print(f"{name}: {result['nll_nats']:.2f} nats, {result['total_s']:.0f}"
               f" s -> {workdir / result['file']}", flush=True)
-    print(evaluate.format_table(results))
+    print(report.evaluation_table(results))
     written = [r for _, r in results if not isinstance(r, str)]
     if written:
       r = written[0]

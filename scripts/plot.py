@@ -12,9 +12,11 @@ The same run and --seed give byte-identical files. --tensorboard also writes
 TensorBoard event files (needs tensorboardX, the optional extra).
 """
 
+from pathlib import Path
+
 from absl import app, flags
 
-from vae import cli
+from vae import cli, figures, runs, tensorboard
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")
@@ -36,9 +38,6 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   with cli.user_errors():
-    from pathlib import Path
-
-    from vae import plots, runs, tensorboard
     workdir = Path(_WORKDIR.value)
     which = runs.parse_checkpoint(_CHECKPOINT.value)
     is_run = (workdir / runs.CONFIG_FILE).is_file()
@@ -48,14 +47,14 @@ def main(argv):
           f"directory (holds {runs.CONFIG_FILE}) nor a sweep directory (whose "
           f"subdirectories hold {runs.CONFIG_FILE})")
     if is_run:
-      written = plots.plot_run(workdir, _SEED.value, which,
+      written = figures.plot_run(workdir, _SEED.value, which,
                                baseline=_BASELINE.value)
       members = [workdir]
     else:
       if _BASELINE.value:
         print("note: --baseline is ignored for a sweep; its autoencoder "
               "member (objective='autoencoder'), if any, is the baseline")
-      written = plots.plot_sweep(workdir, _SEED.value, which,
+      written = figures.plot_sweep(workdir, _SEED.value, which,
                                  members_figures=_MEMBERS.value, log=print)
       members = runs.member_dirs(workdir)
     for path in written:

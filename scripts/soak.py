@@ -24,7 +24,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from vae import cli, runs, train
+from vae import cli, restore, runs
 
 _N = flags.DEFINE_integer("interruptions", 50, "How many interruptions.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where the two runs go.")
@@ -77,7 +77,7 @@ def main(argv):
   subprocess.run(command(soaked), env=env, check=True, capture_output=True)
   subprocess.run(command(reference), env=env, check=True, capture_output=True)
   with cli.user_errors():
-    result = train.compare_runs(soaked, reference)
+    result = restore.compare_runs(soaked, reference)
   strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
   result["metrics_identical"] = strip(runs.read_metrics(soaked)) == strip(
       runs.read_metrics(reference))

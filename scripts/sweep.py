@@ -10,7 +10,7 @@ printed and sweep.csv, sweep.json and rate_distortion.png are written.
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import cli, sweep, train
+from vae import cli, devices, report, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
                                           lock_config=True)
@@ -25,11 +25,11 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
-    train.use_cpu_cores_as_devices(_CPU_DEVICES.value)
+    devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
                            should_stop=should_stop)
-    print(sweep.table(rows))
-    for path in sweep.write_report(rows, _WORKDIR.value):
+    print(report.sweep_table(rows))
+    for path in report.write_report(rows, _WORKDIR.value):
       print(f"wrote {path}")
 
 

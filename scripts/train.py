@@ -9,7 +9,7 @@ Re-running on an existing workdir resumes from its latest checkpoint.
 from absl import app, flags
 from ml_collections import config_flags
 
-from vae import cli, runs, train
+from vae import cli, report, runs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -23,7 +23,7 @@ def main(argv):
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
     summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
                         should_stop=should_stop)
-    print(train.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
+    print(report.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
 
 
 if __name__ == "__main__":

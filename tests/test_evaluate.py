@@ -24,7 +24,8 @@ import pytest
 from scipy import stats
 
 from vae import config as config_lib
-from vae import checkpoint, core, data, evaluate, likelihoods, models, runs, train
+from vae import bounds as bounds_lib
+from vae import checkpoint, core, data, diagnostics, evaluate, likelihoods, models, runs, train
 from vae.models import VAE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,9 +226,9 @@ def _reference_weights(params, images, key, k, model):
   """Every draw at once, no chunks: ``[N, k]`` log w and log p(x | z)."""
   x = jnp.asarray(images)
   posterior = core.encode(params, x, model=model)
-  eps = evaluate.standard_normals(evaluate.example_keys(key, 0, x.shape[0]), 0,
+  eps = bounds_lib.standard_normals(bounds_lib.example_keys(key, 0, x.shape[0]), 0,
                                   k, posterior.mean.shape[-1])
-  return evaluate.log_importance_weights(params, x, posterior, eps,
+  return bounds_lib.log_importance_weights(params, x, posterior, eps,
                                          model=model)
 
 
@@ -272,7 +273,7 @@ def test_log_importance_weights_match_their_definition(likelihood,
                   jnp.float32)
   eps = jax.random.normal(jax.random.key(1), (2, 5, 3))
   posterior = core.encode(params, x, model=model)
-  log_w, log_lik = evaluate.log_importance_weights(params, x, posterior, eps,
+  log_w, log_lik = bounds_lib.log_importance_weights(params, x, posterior, eps,
                                                    model=model)
   z = posterior.mean[:, None] + jnp.exp(0.5 * posterior.logvar[:, None]) * eps
   expected_lik = likelihoods.log_likelihood(
@@ -358,7 +359,7 @@ def test_active_units_count_the_dimensions_given_variance():
 def test_kl_per_dimension_is_the_mean_analytic_kl():
   mean = np.array([[0.0, 1.0], [2.0, -1.0]])
   logvar = np.array([[0.0, np.log(4.0)], [0.0, 0.0]])
-  kl = evaluate.kl_per_dimension(core.Posterior(mean, logvar))
+  kl = diagnostics.kl_per_dimension(core.Posterior(mean, logvar))
   per = 0.5 * (mean**2 + np.exp(logvar) - 1 - logvar)
   np.testing.assert_allclose(kl, per.mean(0), rtol=1e-6)
   np.testing.assert_allclose(kl, [1.0, (0.5 * (4 - np.log(4)) + 0.5) / 2],

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vae import runs, sweep, train
+from vae import grouping, optim, restore, runs, sweep, train
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -27,7 +27,7 @@ def test_required_set_ups():
   deep = load("deep_batchnorm")
   assert deep.hidden_sizes == (512, 512, 512) and deep.batch_norm and deep.latent_dim == 2
   kl = load("kl_weight_sweep")
-  names = [n for n, _ in sweep.members(kl)]
+  names = [n for n, _ in grouping.members(kl)]
   assert names == ["autoencoder", "beta0.5", "beta1", "beta5", "BROKEN_mean_pixels_demo"]
   assert kl.hidden_sizes == () and kl.decoder_output_activation == "tanh"
   assert kl.likelihood == "gaussian" and kl.latent_dim == 30
@@ -42,9 +42,9 @@ def test_required_set_ups():
 
 
 def test_iwae_schedule_stages():
-  assert train.iwae_stage_boundaries(3280) == [1, 4, 13, 40, 121, 364, 1093]
+  assert optim.iwae_stage_boundaries(3280) == [1, 4, 13, 40, 121, 364, 1093]
   config = load("iwae_paper")
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=10)
+  schedule = optim.learning_rate_schedule(config, steps_per_epoch=10)
   for epoch, stage in [(1, 0), (2, 1), (4, 1), (5, 2), (1094, 7), (3280, 7)]:
     lr = float(schedule((epoch - 1) * 10))
     assert lr == pytest.approx(1e-3 * 10 ** (-stage / 7), rel=1e-5), (epoch, stage)
@@ -69,7 +69,7 @@ def test_quick_variant_of_each_sweep_experiment_trains(tmp_path, name):
 def test_batch_stats_are_threaded_and_used_in_evaluation(tmp_path):
   config = load("deep_batchnorm", "quick")
   train.fit(config, tmp_path, progress=False, log=lambda s: None)
-  run = train.load_run(tmp_path, "latest")
+  run = restore.load_run(tmp_path, "latest")
   assert set(run.params) == {"params", "batch_stats"}
   stats = run.params["batch_stats"]["encoder"]["BatchNorm_0"]
   assert float(abs(stats["mean"]).sum()) > 0  # running averages moved from zero

@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vae import checkpoint, data, runs, sweep, train
+from vae import checkpoint, data, report, restore, runs, sweep, train
+from vae import trainer as trainer_lib
 from vae import config as config_lib
 
 pytestmark = pytest.mark.fault
@@ -40,7 +41,7 @@ def _quiet(_):
 
 
 def _leaves(workdir, which="latest"):
-  return jax.tree_util.tree_leaves(jax.device_get(train.load_run(workdir, which).params))
+  return jax.tree_util.tree_leaves(jax.device_get(restore.load_run(workdir, which).params))
 
 
 def _assert_same_run(a, b):
@@ -152,12 +153,12 @@ def test_diverging_sweep_member_is_stopped_alone(tmp_path):
   assert status == {"beta1": "finished", "betainf": "diverged"}
   assert len(runs.read_metrics(tmp_path / "beta1")) == 2
   assert json.loads((tmp_path / "betainf" / "diverged.json").read_text())["epoch"] == 1
-  assert "diverged" in sweep.table(rows)
+  assert "diverged" in report.sweep_table(rows)
 
 
 def test_on_nan_skip_skips_and_counts_non_finite_updates(tmp_path):
   config = tiny(num_epochs=2, beta=float("inf"), on_nan="skip", max_skipped_steps=1000)
-  trainer = train.make_trainer(config, 4000)
+  trainer = trainer_lib.make_trainer(config, 4000)
   initial = jax.tree_util.tree_leaves(trainer.init(np.asarray([0], np.int32)).params)
   summary = train.fit(config, tmp_path, progress=False, log=_quiet)
   records = runs.read_metrics(tmp_path)
@@ -212,7 +213,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
   assert "epoch 2" in message and "No space left" in message
   assert "The checkpoint of epoch 1 is kept" in message
   monkeypatch.setattr(checkpoint.Checkpoints, "save", original)
-  assert train.load_run(tmp_path, "latest").epoch == 1
+  assert restore.load_run(tmp_path, "latest").epoch == 1
 
 
 BAD_CLI = [
@@ -253,7 +254,7 @@ def test_checkpoint_of_another_model_shape_is_refused_by_name(tmp_path):
   saved["hidden_sizes"] = [48]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(checkpoint.CheckpointError) as excinfo:
-    train.load_run(tmp_path, "latest")
+    restore.load_run(tmp_path, "latest")
   message = str(excinfo.value)
   assert "Dense_0/kernel" in message and "(784, 32)" in message and "(784, 48)" in message
 

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from vae import config as config_lib
-from vae import core, data, likelihoods, plots, runs, tensorboard, train
+from vae import core, data, figures, likelihoods, plots, preprocess, restore, runs, tensorboard, train
+from vae import images as images_lib
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -102,7 +103,7 @@ RUN2D_SIZES = {
 def drawn2d(run2d):
   """plot_run of the 2-D run (seed 0, best checkpoint): name -> (path,
   sha256)."""
-  return {p.name: (p, digest(p)) for p in plots.plot_run(run2d, seed=0)}
+  return {p.name: (p, digest(p)) for p in figures.plot_run(run2d, seed=0)}
 
 
 def test_plot_run_2d_writes_every_figure(run2d, drawn2d):
@@ -114,7 +115,7 @@ def test_plot_run_2d_writes_every_figure(run2d, drawn2d):
 
 def test_plot_run_3d_uses_pca_and_tsne(sweep):
   run = sweep / "b0.5_s0"
-  paths = {p.name: p for p in plots.plot_run(run, seed=0, tsne_points=100)}
+  paths = {p.name: p for p in figures.plot_run(run, seed=0, tsne_points=100)}
   assert "latent_manifold.png" not in paths
   sizes = {**RUN2D_SIZES, "latent_scatter.png": (1070, 570),
            "traversals.png": (860, 150 + 56 * 3)}
@@ -124,9 +125,9 @@ def test_plot_run_3d_uses_pca_and_tsne(sweep):
 
 
 def test_reconstructions_show_both_paths_exactly(run2d, tmp_path):
-  loaded = train.load_run(run2d)
+  loaded = restore.load_run(run2d)
   params, model = loaded.params, loaded.model
-  x = plots.load_test_set(loaded.config).images[:7]
+  x = preprocess.load_test_set(loaded.config).images[:7]
   key = jax.random.key(5)
   drawn = plots.reconstructions(params, model, x, key, tmp_path / "r.png",
                                 cols=4)
@@ -151,12 +152,12 @@ def test_reconstructions_show_both_paths_exactly(run2d, tmp_path):
   np.testing.assert_array_equal(cell(0, 2), x[2])
   np.testing.assert_array_equal(cell(1, 2), a["deterministic"][2])
   np.testing.assert_array_equal(cell(5, 1), a["stochastic"][5])
-  np.testing.assert_array_equal(cell(3, 3), plots._PAD_VALUE)  # no 8th image
+  np.testing.assert_array_equal(cell(3, 3), images_lib.PAD_VALUE)  # no 8th image
 
 
 def test_sampled_and_gridded_latents_by_value(run2d, tmp_path):
   from scipy.stats import norm
-  loaded = train.load_run(run2d)
+  loaded = restore.load_run(run2d)
   params, model = loaded.params, loaded.model
   key = jax.random.key(3)
   prior = plots.prior_samples(params, model, key, tmp_path / "p.png", n=9)
@@ -176,13 +177,13 @@ def test_sampled_and_gridded_latents_by_value(run2d, tmp_path):
   np.testing.assert_allclose(manifold.arrays["z"][:, 0, 1], q[::-1], atol=1e-6)
   np.testing.assert_allclose(  # batched vs single decode: float rounding
       manifold.arrays["images"][4, 0],
-      plots.decode_means(params, model, manifold.arrays["z"][4, 0]), atol=1e-6)
+      images_lib.decode_means(params, model, manifold.arrays["z"][4, 0]), atol=1e-6)
 
 
 def test_traversal_and_neighbourhood_latents(sweep, tmp_path):
-  loaded = train.load_run(sweep / "b0.5_s0")
+  loaded = restore.load_run(sweep / "b0.5_s0")
   params, model = loaded.params, loaded.model
-  image = plots.load_test_set(loaded.config).images[11]
+  image = preprocess.load_test_set(loaded.config).images[11]
   post = core.encode(params, image[None], model=model)
   mean, std = np.asarray(post.mean[0]), np.exp(0.5 * np.asarray(post.logvar[0]))
 
@@ -202,12 +203,12 @@ def test_traversal_and_neighbourhood_latents(sweep, tmp_path):
   np.testing.assert_allclose(z[4, 0, a], mean[a] - 4 * std[a], rtol=1e-5)
   np.testing.assert_allclose(z[0, 4, b], mean[b] + 4 * std[b], rtol=1e-5)
   np.testing.assert_allclose(nb.arrays["images"][4, 4],
-                             plots.decode_means(params, model, z[4, 4]),
+                             images_lib.decode_means(params, model, z[4, 4]),
                              atol=1e-6)
 
 
 def test_plot_sweep_writes_rate_distortion_and_reconstructions(sweep):
-  paths = {p.name: p for p in plots.plot_sweep(sweep, seed=0, tsne_points=100)}
+  paths = {p.name: p for p in figures.plot_sweep(sweep, seed=0, tsne_points=100)}
   check_png(paths["rate_distortion.png"], (1250, 520))
   check_png(paths["sweep_reconstructions.png"], (1000, 100 + 84 * 3))
   # The autoencoder member is found and drawn beside the VAE closest to
@@ -216,9 +217,9 @@ def test_plot_sweep_writes_rate_distortion_and_reconstructions(sweep):
   assert len(paths) == 3
   # The rows are the members' own test metrics at the plotted checkpoint.
   for name in ("b0.5_s0", "b0.5_s1", "b2_s0"):
-    loaded = train.load_run(sweep / name)
-    images = plots.load_test_set(loaded.config).images
-    row = plots.evaluate_member(loaded, images)
+    loaded = restore.load_run(sweep / name)
+    images = preprocess.load_test_set(loaded.config).images
+    row = figures.evaluate_member(loaded, images)
     records = {r["epoch"]: r for r in runs.read_metrics(sweep / name)}
     record = records[loaded.epoch]
     assert row["rate"] == pytest.approx(record["test_kl"], rel=1e-5)

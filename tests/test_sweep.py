@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from vae import config as config_lib
-from vae import core, runs, sweep, train
+from vae import core, grouping, models, objectives, report, restore, runs, sweep, train
+from vae import devices as devices_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def _sweep_config(axes, **overrides):
 
 
 def test_members_are_the_product_of_the_axes_in_order():
-  named = sweep.members(_sweep_config({"beta": (0.5, 2.0), "seed": (0, 1, 2)}))
+  named = grouping.members(_sweep_config({"beta": (0.5, 2.0), "seed": (0, 1, 2)}))
   assert [n for n, _ in named] == [
       "beta0.5_seed0", "beta0.5_seed1", "beta0.5_seed2",
       "beta2_seed0", "beta2_seed1", "beta2_seed2"]
@@ -45,21 +46,21 @@ def test_explicit_member_list_and_bad_axes():
   config = tiny()
   config.sweep = ml_collections.ConfigDict(
       {"members": ({"beta": 1.0, "objective": "autoencoder"}, {"beta": 4.0})})
-  assert [n for n, _ in sweep.members(config)] == ["beta1_objectiveautoencoder", "beta4"]
+  assert [n for n, _ in grouping.members(config)] == ["beta1_objectiveautoencoder", "beta4"]
   with pytest.raises(config_lib.ConfigError, match="config.sweep.betta"):
-    sweep.members(_sweep_config({"betta": (1.0,)}))
+    grouping.members(_sweep_config({"betta": (1.0,)}))
   with pytest.raises(config_lib.ConfigError, match="config.beta=-1"):
-    sweep.members(_sweep_config({"beta": (1.0, -1.0)}))
+    grouping.members(_sweep_config({"beta": (1.0, -1.0)}))
   with pytest.raises(config_lib.ConfigError, match="non-empty tuple"):
-    sweep.members(_sweep_config({"beta": ()}))
+    grouping.members(_sweep_config({"beta": ()}))
 
 
 def test_traced_axes_share_one_group_shape_axes_split():
-  traced = sweep.groups(sweep.members(_sweep_config(
+  traced = grouping.groups(grouping.members(_sweep_config(
       {"beta": (0.5, 2.0), "seed": (0, 1), "free_bits": (0.0, 0.5),
        "kl_schedule": ("constant", "cyclical")})))
   assert len(traced) == 1 and len(traced[0]) == 16
-  shaped = sweep.groups(sweep.members(_sweep_config(
+  shaped = grouping.groups(grouping.members(_sweep_config(
       {"latent_dim": (2, 4), "beta": (0.5, 2.0)})))
   # Axes combine in alphabetical order (a ConfigDict keeps its keys sorted).
   assert [[n for n, _ in g] for g in shaped] == [
@@ -70,7 +71,7 @@ def test_traced_axes_share_one_group_shape_axes_split():
 def test_kl_weight_schedules_closed_form():
   def weight(schedule, progress, **kw):
     config = tiny(kl_schedule=schedule, beta=2.0, **kw)
-    return float(train.kl_weight(train.hyper_from_config(config), progress))
+    return float(objectives.kl_weight(objectives.traced_settings(config), progress))
   assert weight("constant", 0.0) == 2.0
   assert [weight("linear", p, kl_warmup_epochs=4.0) for p in (0.0, 1.0, 2.0, 4.0, 9.0)] == [
       0.0, 0.5, 1.0, 2.0, 2.0]
@@ -92,24 +93,24 @@ def test_free_bits_floor_applies_to_batch_mean_per_dimension():
 
 def test_autoencoder_baseline_is_deterministic_and_has_no_kl():
   config = tiny(objective="autoencoder")
-  model = train.build_model(config)
-  params = train.init_params(model, jax.random.key(0), (28, 28, 1))
+  model = models.build_model(config)
+  params = models.init_params(model, jax.random.key(0), (28, 28, 1))
   x = jax.random.uniform(jax.random.key(1), (5, 28, 28, 1))
   loss, m = core.autoencoder_loss(params, x, model=model)
   logits = core.decode(params, core.encode(params, x, model=model).mean, model=model)
   expected = -jnp.mean(jnp.sum(jax.nn.log_sigmoid(logits) - (1 - x) * logits, axis=(1, 2, 3)))
   assert float(loss) == pytest.approx(float(expected), rel=1e-6)
   assert float(m["kl"]) == 0.0 and float(m["elbo"]) == -float(m["recon"])
-  objective = train.Objective.from_config(config)
-  a = train.loss_fn(params, {}, x, jax.random.key(3), train.hyper_from_config(config), 0.0,
+  objective = objectives.Objective.from_config(config)
+  a = objectives.loss_fn(params, {}, x, jax.random.key(3), objectives.traced_settings(config), 0.0,
                     model=model, objective=objective)[0]
-  b = train.loss_fn(params, {}, x, jax.random.key(4), train.hyper_from_config(config), 0.0,
+  b = objectives.loss_fn(params, {}, x, jax.random.key(4), objectives.traced_settings(config), 0.0,
                     model=model, objective=objective)[0]
   assert float(a) == float(b)  # no key enters the autoencoder
 
 
 def _params(workdir):
-  return jax.tree_util.tree_leaves(jax.device_get(train.load_run(workdir, "latest").params))
+  return jax.tree_util.tree_leaves(jax.device_get(restore.load_run(workdir, "latest").params))
 
 
 def relative_difference(a, b):
@@ -134,7 +135,7 @@ def test_sweep_member_agrees_with_standalone_run(tmp_path):
   assert relative_difference(_params(tmp_path / "sweep" / "beta2_seed1"),
                              _params(tmp_path / "solo")) < 1e-5
   # The member's run directory is a complete run: its config is the member's.
-  assert runs.load_config(tmp_path / "sweep" / "beta2_seed1").beta == 2.0
+  assert config_lib.load_config(tmp_path / "sweep" / "beta2_seed1").beta == 2.0
   # Larger beta: lower rate (KL) for the same seed.
   by = {r["member"]: r for r in rows}
   assert by["beta2_seed1"]["rate"] < by["beta0.5_seed1"]["rate"]
@@ -158,18 +159,18 @@ def test_interrupted_sweep_resumes_to_the_same_result(tmp_path):
 def test_report_table_csv_and_rate_distortion_plot(tmp_path):
   config = _sweep_config({"beta": (0.5, 4.0), "seed": (0, 1)}, num_epochs=1)
   rows = sweep.run_sweep(config, tmp_path, progress=False, log=lambda s: None)
-  written = sweep.write_report(rows, tmp_path)
+  written = report.write_report(rows, tmp_path)
   assert {p.name for p in written} == {"sweep.csv", "sweep.json", "rate_distortion.png"}
   lines = (tmp_path / "sweep.csv").read_text().splitlines()
   assert len(lines) == 5 and "test_elbo" in lines[0]
   assert (tmp_path / "rate_distortion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  text = sweep.table(rows)
+  text = report.sweep_table(rows)
   assert "beta0.5_seed0" in text and "test_elbo" in text
 
 
 SHARDED_SCRIPT = """
 import json, sys, jax, numpy as np, ml_collections
-from vae import sweep, train
+from vae import restore, sweep
 from vae import config as config_lib
 assert len(jax.devices()) == 4, jax.devices()
 config = config_lib.default_config()
@@ -182,8 +183,8 @@ sweep.run_sweep(config, out + "/single", devices=jax.devices()[:1], progress=Fal
                 log=lambda s: None)
 worst = 0.0
 for name in ("beta0.5", "beta1", "beta2", "beta4"):
-  a = jax.tree_util.tree_leaves(train.load_run(out + "/sharded/" + name, "latest").params)
-  b = jax.tree_util.tree_leaves(train.load_run(out + "/single/" + name, "latest").params)
+  a = jax.tree_util.tree_leaves(restore.load_run(out + "/sharded/" + name, "latest").params)
+  b = jax.tree_util.tree_leaves(restore.load_run(out + "/single/" + name, "latest").params)
   for x, y in zip(a, b):
     x, y = np.asarray(x), np.asarray(y)
     worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)))
@@ -203,13 +204,13 @@ def test_member_axis_sharded_over_four_cpu_devices_matches_unsharded(tmp_path):
 
 def test_member_devices_one_per_member_at_most_and_bad_cpu_device_counts():
   devices = ["d0", "d1"]
-  assert train.member_devices(1, devices) is None  # a lone run is not padded
-  assert train.member_devices(3, devices) == devices  # padded to 4
-  assert train.member_devices(16, devices) == devices
-  assert train.member_devices(16, None) is None
-  assert train.member_devices(2, devices[:1]) is None
+  assert devices_lib.member_devices(1, devices) is None  # a lone run is not padded
+  assert devices_lib.member_devices(3, devices) == devices  # padded to 4
+  assert devices_lib.member_devices(16, devices) == devices
+  assert devices_lib.member_devices(16, None) is None
+  assert devices_lib.member_devices(2, devices[:1]) is None
   with pytest.raises(config_lib.ConfigError, match="cpu_devices=-1"):
-    train.use_cpu_cores_as_devices(-1)
+    devices_lib.use_cpu_cores_as_devices(-1)
 
 
 def test_sweep_table_carries_evaluation_when_asked(tmp_path):
@@ -222,7 +223,7 @@ def test_sweep_table_carries_evaluation_when_asked(tmp_path):
   # A KL weight of 200 shuts the posterior: the table says so.
   by = {r["member"]: r for r in rows}
   assert by["beta200"]["collapse"] and not by["beta0.5"]["collapse"]
-  assert "nll" in sweep.table(rows) and "collapse" in sweep.table(rows)
+  assert "nll" in report.sweep_table(rows) and "collapse" in report.sweep_table(rows)
 
 
 def test_bench_sweep_shards_members_over_the_cpu_cores():

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae import runs, train
+from vae import restore, runs, train
 from vae import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ def tiny_config(**overrides):
 
 
 def _final_params(workdir):
-  run = train.load_run(workdir, "latest")
+  run = restore.load_run(workdir, "latest")
   return run.epoch, jax.tree_util.tree_leaves(jax.device_get(run.params))
 
 
@@ -134,4 +134,4 @@ def test_training_on_a_tfds_dataset_under_mock_data(tmp_path):
   records = runs.read_metrics(tmp_path)
   assert [r["epoch"] for r in records] == [1, 2]
   assert all(np.isfinite(r["test_elbo"]) for r in records)
-  assert runs.load_config(tmp_path).dataset == "mnist"
+  assert config_lib.load_config(tmp_path).dataset == "mnist"

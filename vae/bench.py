@@ -1,25 +1,38 @@
-"""Training-speed benchmark, with its own matrix-product floor measured alongside.
+"""Every benchmark: training epochs and sweeps against their matrix-product
+floor, and the importance-weighted bound against its own.
 
-:func:`epoch_benchmark` times whole compiled epochs of :func:`vae.train.train_epoch`
-and, in the same process, the *floor*: every ``dot_general`` of one train step
-(read off the step's jaxpr, so forward and backward products are exactly the
-ones training runs), each timed alone at its own shapes as a compiled scan over
-one epoch's worth of distinct inputs, summed. ``epoch_over_floor`` is then how
-much the rest of the step (element-wise work, the optimizer, the loop) costs.
+:func:`epoch_benchmark` times whole compiled epochs of
+:func:`vae.step.train_epoch` and, in the same process, the *floor*: every
+``dot_general`` of one train step (read off the step's jaxpr, so forward and
+backward products are exactly the ones training runs), each timed alone at its
+own shapes as a compiled scan over one epoch's worth of distinct inputs,
+summed. ``epoch_over_floor`` is then how much the rest of the step
+(element-wise work, the optimizer, the loop) costs. :func:`sweep_benchmark`
+compares a sweep's epoch with a single run's; :func:`iwae_benchmark` times
+the k-sample bound. Every product is timed by :func:`product_seconds`.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vae import config as config_lib
-from vae import data, train
+from vae import core, devices as devices_lib, evaluate, models, preprocess
+from vae import restore, step, trainer as trainer_lib
+from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
+                        _iwae_batch, chunk_layout, iwae_dataset,
+                        log_importance_weights)
+from vae.evaluate import peak_rss_mib
+from vae.models import VAE
 
 
 def bench_config(hidden=(400,), latent_dim=20, batch_size=128):
@@ -31,16 +44,23 @@ def bench_config(hidden=(400,), latent_dim=20, batch_size=128):
   return config
 
 
+def model_name(config) -> str:
+  """E.g. ``"784-400-20 bernoulli mlp"``: data size, widths, latent size."""
+  widths = "-".join(str(w) for w in (math.prod(config.data_shape),
+                                     *config.hidden_sizes, config.latent_dim))
+  return f"{widths} {config.likelihood} {config.architecture}"
+
+
 def bench_images(num_examples: int) -> np.ndarray:
   """``[num_examples, 28, 28, 1]`` real digits: mnist_5k (train then test)
   repeated as often as needed. Timing does not depend on the pixel values."""
-  ds = data.load_dataset("mnist_5k")
+  ds = preprocess.load_dataset(config_lib.default_config())
   pool = np.concatenate([ds.train_images, ds.test_images])
   reps = -(-num_examples // pool.shape[0])
   return np.concatenate([pool] * reps)[:num_examples]
 
 
-def _dot_generals(jaxpr) -> list[tuple[Any, Any, Any]]:
+def dot_generals(jaxpr) -> list[tuple[Any, Any, Any]]:
   """(lhs aval, rhs aval, params) of every dot_general in a jaxpr, recursively."""
   found = []
   for eqn in jaxpr.eqns:
@@ -50,17 +70,47 @@ def _dot_generals(jaxpr) -> list[tuple[Any, Any, Any]]:
       for sub in value if isinstance(value, (tuple, list)) else (value,):
         inner = getattr(sub, "jaxpr", sub)
         if hasattr(inner, "eqns"):
-          found.extend(_dot_generals(inner))
+          found.extend(dot_generals(inner))
   return found
 
 
-def _time(fn, *args, repeats: int) -> list[float]:
+def time_calls(fn, *args, repeats: int) -> list[float]:
+  """Wall seconds of ``repeats`` calls of ``fn(*args)``, each waited for."""
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
   return times
+
+
+def product_seconds(lhs, rhs, params, *, steps: int, repeats: int = 7
+                    ) -> float:
+  """Seconds of one ``dot_general`` at these shapes, timed alone: the
+  fastest of ``repeats`` runs of a compiled scan over ``steps`` distinct
+  left operands, divided by ``steps``.
+
+  Args:
+    lhs, rhs: the operands' avals (shape, dtype).
+    params: the ``dot_general``'s parameters (dimension numbers...).
+    steps: distinct left operands per scan (e.g. the steps of an epoch).
+    repeats: timing repeats (the minimum is kept).
+  """
+  lhs_stack = jax.random.normal(jax.random.key(0), (steps,) + lhs.shape,
+                                lhs.dtype)
+  rhs_value = jax.random.normal(jax.random.key(1), rhs.shape, rhs.dtype)
+
+  @jax.jit
+  def products(lhs_stack, rhs_value):
+    def body(carry, lhs_value):
+      return carry, jax.lax.dot_general(
+          lhs_value, rhs_value, params["dimension_numbers"],
+          preferred_element_type=params.get("preferred_element_type"))
+    return jax.lax.scan(body, 0, lhs_stack)[1]
+
+  jax.block_until_ready(products(lhs_stack, rhs_value))  # compile
+  return min(time_calls(products, lhs_stack, rhs_value,
+                        repeats=repeats)) / steps
 
 
 def matmul_floor(step_fn, step_args, num_steps: int, repeats: int = 7
@@ -78,22 +128,9 @@ def matmul_floor(step_fn, step_args, num_steps: int, repeats: int = 7
   """
   closed = jax.make_jaxpr(step_fn)(*step_args)
   products = []
-  key = jax.random.key(0)
-  for lhs, rhs, params in _dot_generals(closed.jaxpr):
-    key, lhs_key, rhs_key = jax.random.split(key, 3)
-    lhs_stack = jax.random.normal(lhs_key, (num_steps,) + lhs.shape, lhs.dtype)
-    rhs_value = jax.random.normal(rhs_key, rhs.shape, rhs.dtype)
-
-    def epoch_of_products(lhs_stack, rhs_value, params=params):
-      def body(carry, lhs_value):
-        return carry, jax.lax.dot_general(
-            lhs_value, rhs_value, params["dimension_numbers"],
-            preferred_element_type=params.get("preferred_element_type"))
-      return jax.lax.scan(body, 0, lhs_stack)[1]
-
-    fn = jax.jit(epoch_of_products)
-    jax.block_until_ready(fn(lhs_stack, rhs_value))  # compile
-    seconds = min(_time(fn, lhs_stack, rhs_value, repeats=repeats))
+  for lhs, rhs, params in dot_generals(closed.jaxpr):
+    seconds = product_seconds(lhs, rhs, params, steps=num_steps,
+                              repeats=repeats) * num_steps
     products.append({"lhs": list(lhs.shape), "rhs": list(rhs.shape),
                      "contracting": [list(d) for d in params["dimension_numbers"][0]],
                      "batch": [list(d) for d in params["dimension_numbers"][1]],
@@ -105,15 +142,16 @@ def _timed_epochs(config, images, num_members: int, epochs: int, devices=None):
   """(compile seconds, per-epoch seconds, trainer, state, hyper, keys) of a
   group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``, its
   member axis sharded over ``devices`` as a sweep shards it."""
-  group = train.start_group(
+  group = trainer_lib.start_group(
       [config_lib.with_fields(config, seed=config.seed + i)
        for i in range(num_members)], images.shape[0], devices)
-  trainer, state, keys, hyper = group.trainer, group.state, group.keys, group.hyper
-  images = train.place(images, group.replicated)
+  trainer, state, keys, hyper = (group.trainer, group.state, group.keys,
+                                 group.settings)
+  images = devices_lib.place(images, group.replicated)
   t0 = time.perf_counter()
   epoch_args = (state, images, 1, keys.train, hyper)
   compiled = (trainer.train_epoch.compile(*epoch_args)
-              if isinstance(trainer.train_epoch, train.PerDevice)
+              if isinstance(trainer.train_epoch, devices_lib.PerDevice)
               else trainer.train_epoch.lower(*epoch_args).compile())
   compile_s = time.perf_counter() - t0
   state, _ = compiled(state, images, 1, keys.train, hyper)  # warm-up
@@ -125,11 +163,6 @@ def _timed_epochs(config, images, num_members: int, epochs: int, devices=None):
     jax.block_until_ready((state, metrics))
     epoch_s.append(time.perf_counter() - t0)
   return compile_s, epoch_s, trainer, state, hyper, keys
-
-
-def _model_name(config) -> str:
-  widths = "-".join(str(w) for w in (784, *config.hidden_sizes, config.latent_dim))
-  return f"{widths} {config.likelihood} {config.architecture}"
 
 
 def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
@@ -145,14 +178,14 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
   x = images[: config.batch_size]
   # The step as the epoch runs it: vmapped over a member axis of one, so the
   # products carry that batch dimension and use the same kernels.
-  step = jax.vmap(lambda s, x, k, h: train.train_step(
+  step_fn = jax.vmap(lambda s, x, k, h: step.train_step(
       s, x, k, h, 1.0, model=trainer.model, optimizer=trainer.optimizer),
                   in_axes=(0, None, 0, 0))
-  floor_s, products = matmul_floor(step, (state, x, keys.train, hyper),
+  floor_s, products = matmul_floor(step_fn, (state, x, keys.train, hyper),
                                    num_steps)
   median = statistics.median(epoch_s)
   return {
-      "model": _model_name(config),
+      "model": model_name(config),
       "batch_size": config.batch_size,
       "num_examples": num_examples,
       "steps_per_epoch": num_steps,
@@ -179,12 +212,12 @@ def sweep_benchmark(num_members: int, config=None, num_examples: int = 10_000,
   config_lib.validate(config)
   images = jnp.asarray(bench_images(num_examples))
   _, single, *_ = _timed_epochs(config, images, 1, epochs)
-  devices = train.member_devices(num_members, jax.devices())
+  devices = devices_lib.member_devices(num_members, jax.devices())
   compile_s, swept, *_ = _timed_epochs(config, images, num_members, epochs,
                                        devices)
   single_s, sweep_s = statistics.median(single), statistics.median(swept)
   return {
-      "model": _model_name(config),
+      "model": model_name(config),
       "batch_size": config.batch_size,
       "num_examples": num_examples,
       "members": num_members,
@@ -195,4 +228,123 @@ def sweep_benchmark(num_members: int, config=None, num_examples: int = 10_000,
       "sweep_devices": 1 if devices is None else len(devices),
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],
+  }
+
+
+def iwae_floor(params, x_batch, *, model: VAE, k: int, num_examples: int,
+               chunk_size: int = DEFAULT_CHUNK_SIZE
+               ) -> tuple[float, list[dict[str, Any]]]:
+  """Seconds the matrix products of :func:`vae.bounds.iwae_dataset` take, timed alone.
+
+  Reads every ``dot_general`` of the encoder (run once per batch) and of one
+  chunk of the decoder (run ``num_chunks`` times per batch) from their
+  jaxprs, times each alone at its own shapes, and sums them times the number
+  of times the bound runs them on ``num_examples`` examples.
+
+  Returns:
+    ``(floor seconds, one dict per product with shapes, count and seconds)``.
+  """
+  batch = x_batch.shape[0]
+  chunk, num_chunks = chunk_layout(k, chunk_size)
+  num_batches = -(-num_examples // batch)
+  posterior = core.encode(params, x_batch, model=model)
+  eps = jnp.zeros((batch, chunk, posterior.mean.shape[-1]))
+  encoder = jax.make_jaxpr(lambda p, x: core.encode(p, x, model=model))(
+      params, x_batch)
+  decoder = jax.make_jaxpr(lambda p, x, q, e: log_importance_weights(
+      p, x, q, e, model=model))(params, x_batch, posterior, eps)
+  products = []
+  for jaxpr, count, part in ((encoder, num_batches, "encoder"),
+                             (decoder, num_batches * num_chunks, "decoder")):
+    for lhs, rhs, prm in dot_generals(jaxpr.jaxpr):
+      steps = int(max(4, min(16, 2**26 // max(1, lhs.size * 4))))
+      seconds = product_seconds(lhs, rhs, prm, steps=steps)
+      products.append({"part": part, "lhs": list(lhs.shape),
+                       "rhs": list(rhs.shape), "count": count,
+                       "each_s": seconds, "total_s": seconds * count})
+  return sum(p["total_s"] for p in products), products
+
+
+def iwae_benchmark(workdir: str | Path | None = None, *, k: int = DEFAULT_K,
+                   num_examples: int = 1000,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, seed: int = 0,
+                   repeats: int = 1,
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Seconds for the k-sample bound over ``num_examples`` images, and its floor.
+
+  Times ``repeats`` passes of :func:`vae.bounds.iwae_dataset` (after compiling on one
+  batch; the fastest is kept) and, in the same process, :func:`iwae_floor`:
+  the same matrix products timed alone (fastest of 7). ``ratio`` = seconds /
+  floor_s: what the rest (sampling, the likelihood's element-wise work, the
+  logsumexp, the loop) costs on top. The 1-minute load averages before and
+  after are recorded: on a shared machine other processes inflate a single
+  long pass more than the floor's fastest-of-7, and so the ratio.
+
+  Args:
+    workdir: a run to benchmark (its best checkpoint and test images, repeated
+      if fewer than ``num_examples``); None: a freshly initialised 784-400-20
+      Bernoulli MLP (vae.bench.bench_config) on mnist_5k's 1,000 test images
+      (timing does not depend on the parameter values).
+    k, num_examples, batch_size, chunk_size, seed: as in :func:`evaluate_run`.
+    log: called with progress messages.
+
+  Returns:
+    ``model``, ``k``, ``num_examples``, ``batch_size``, ``chunk_size``,
+    ``compile_s``, ``seconds``, ``samples_per_s``, ``floor_s``, ``ratio``,
+    ``floor_products``, ``peak_rss_mib``, ``backend``, ``devices``, ``jax``.
+  """
+  log = log or (lambda s: None)
+  if workdir is None:
+    config = bench_config()
+    model = models.build_model(config)
+    params = models.init_params(model, jax.random.key(seed), config.data_shape)
+    images = preprocess.load_dataset(config).test_images
+  else:
+    run = restore.load_run(workdir)
+    config, model, params = run.config, run.model, run.params
+    images, _ = evaluate.eval_images(config)
+  reps = -(-num_examples // images.shape[0])
+  images = np.concatenate([images] * reps)[:num_examples]
+  key = jax.random.key(seed)
+  batch = min(batch_size, num_examples)
+  chunk, _ = chunk_layout(k, chunk_size)
+
+  t0 = time.perf_counter()
+  jax.block_until_ready(_iwae_batch(params, images[:batch], key, jnp.int32(0),
+                                    k=k, model=model, chunk_size=chunk))
+  compile_s = time.perf_counter() - t0
+  log(f"compiled and ran one batch in {compile_s:.1f} s; timing "
+      f"{num_examples} examples x k={k}")
+  load_before = os.getloadavg()[0]
+  passes = []
+  for _ in range(max(1, int(repeats))):
+    t0 = time.perf_counter()
+    iwae_dataset(params, images, key, k, model=model, batch_size=batch,
+                 chunk_size=chunk)
+    passes.append(time.perf_counter() - t0)
+    log(f"{passes[-1]:.1f} s")
+  seconds = min(passes)
+  log("timing the matrix products alone")
+  floor_s, products = iwae_floor(params, images[:batch], model=model, k=k,
+                                 num_examples=num_examples, chunk_size=chunk)
+  return {
+      "model": model_name(config),
+      "k": int(k),
+      "num_examples": int(num_examples),
+      "batch_size": int(batch),
+      "chunk_size": int(chunk),
+      "compile_s": compile_s,
+      "seconds": seconds,
+      "pass_s": passes,
+      "samples_per_s": num_examples * k / seconds,
+      "floor_s": floor_s,
+      "ratio": seconds / floor_s,
+      "floor_products": products,
+      "peak_rss_mib": peak_rss_mib(),
+      "loadavg_1min": [load_before, os.getloadavg()[0]],
+      "cpu_count": os.cpu_count(),
+      "backend": jax.default_backend(),
+      "devices": [d.device_kind for d in jax.devices()],
+      "jax": jax.__version__,
   }

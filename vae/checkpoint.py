@@ -79,6 +79,8 @@ try:
 except ImportError:  # orbax-checkpoint < 0.12 (or where v1 is still experimental)
   import orbax.checkpoint.experimental.v1 as ocp
 
+from vae.errors import CheckpointError, CheckpointWarning
+
 __all__ = ["CheckpointError", "CheckpointWarning", "Checkpoints"]
 
 log = logging.getLogger(__name__)
@@ -87,14 +89,6 @@ _RECORD_KEY = "vae.checkpoint"
 _FORMAT = 1
 _STEP_NAME = re.compile(r"^(0|[1-9]\d*)$")
 _MAX_ERROR_CHARS = 600
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint could not be saved or restored; the message names the path."""
-
-
-class CheckpointWarning(UserWarning):
-  """A checkpoint was found corrupt and skipped (the message names its path)."""
 
 
 class _Corrupt(Exception):

@@ -1,8 +1,11 @@
-"""Helpers shared by the thin scripts in ``scripts/``.
+"""Helpers shared by the thin scripts in ``scripts/``: exit statuses, flag
+parsing, signals.
 
 Exit statuses: 0 done; 2 a user error (bad config value, data file, path...);
 3 the loss became non-finite (``config.on_nan="stop"``); 75 stopped by
 SIGTERM/SIGINT after writing a checkpoint (run the same command to resume).
+The library raises :mod:`vae.errors` exceptions; only this module turns them
+into exit statuses.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ import signal
 import sys
 from typing import Callable, Iterator
 
+from absl import flags, logging
+
+from vae import errors
+
 EXIT_USER_ERROR = 2
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-  from vae import checkpoint, config, data, runs
-  return (config.ConfigError, data.DataError, runs.RunError,
-          checkpoint.CheckpointError)
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: try again later (re-running resumes)
+# The ends of a run that are not user errors, and their exit statuses.
+EXIT_STATUSES = {errors.Interrupted: EXIT_INTERRUPTED,
+                 errors.Diverged: EXIT_DIVERGED}
+USER_ERRORS = errors.USER_ERRORS
 
 
 @contextlib.contextmanager
@@ -27,24 +34,21 @@ def user_errors():
   interrupted or diverged runs, into a one-line message on stderr and a
   distinct exit status, without a traceback. Also keeps the libraries'
   INFO chatter (orbax, absl) off the terminal."""
-  from absl import logging
-  from vae import train
   logging.set_verbosity(logging.WARNING)
   try:
     yield
-  except _user_error_types() as e:
+  except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
-  except (train.Interrupted, train.Diverged) as e:
+  except tuple(EXIT_STATUSES) as e:
     print(f"{type(e).__name__.lower()}: {e}", file=sys.stderr)
-    sys.exit(type(e).exit_status)
+    sys.exit(EXIT_STATUSES[type(e)])
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flags parser for ``app.run(main, flags_parser=cli.parse_flags)``:
   a bad flag or ``--config.<field>`` override (unknown field, wrong type)
   gives one line and exit status 2, not a traceback."""
-  from absl import flags
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # flags.Error, and ml_collections' own errors
@@ -61,7 +65,7 @@ def stop_on_signals() -> Iterator[Callable[[], str | None]]:
   """While active, SIGTERM and SIGINT ask training to stop at the next epoch
   boundary (after a checkpoint) instead of killing it; a second signal
   stops at once. Yields the ``should_stop`` callable for
-  :func:`vae.train.fit`."""
+  :func:`vae.train.fit` (``Hooks.should_stop``)."""
   received: list[str] = []
 
   def handler(signum, frame):

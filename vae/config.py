@@ -4,26 +4,28 @@ Experiment files in ``experiments/`` start from :func:`default_config` and
 change what they need; every field can then be overridden on the command line
 (``--config.beta=2``). :func:`validate` checks a resolved config and raises
 :class:`ConfigError` naming the field, the bad value and what is accepted.
+The accepted values of each option come from the module that implements it.
 """
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-from vae import likelihoods, models
+from vae import data, likelihoods, models, runs
+from vae.errors import ConfigError
+from vae.objectives import BERNOULLI_FORMS, KL_SCHEDULES, OBJECTIVES, REDUCTIONS
+from vae.optim import LR_SCHEDULES, ON_NAN, OPTIMIZERS
 
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "iwae")
-REDUCTIONS = ("sum", "mean_pixels")
-BERNOULLI_FORMS = ("logits", "clipped_probs")
 BINARIZE = ("none", "dynamic", "static")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-OBJECTIVES = ("vae", "autoencoder")
-KL_SCHEDULES = ("constant", "linear", "cyclical")
-ON_NAN = ("stop", "skip")
 
-
-class ConfigError(ValueError):
-  """A config field holds a value that is not accepted."""
+__all__ = [
+    "BERNOULLI_FORMS", "BINARIZE", "ConfigError", "KL_SCHEDULES",
+    "LR_SCHEDULES", "OBJECTIVES", "ON_NAN", "OPTIMIZERS", "REDUCTIONS",
+    "check_variant", "default_config", "load_config", "validate",
+    "with_fields",
+]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -122,13 +124,12 @@ def validate(config: ml_collections.ConfigDict,
 
   Args:
     config: the resolved config.
-    datasets: accepted dataset names (defaults to vae.data.DATASETS).
+    datasets: accepted dataset names (default: vae.data.DATASETS).
 
   Returns:
     ``config`` unchanged, for chaining.
   """
   if datasets is None:
-    from vae import data  # local: keeps config importable without data deps
     datasets = data.DATASETS
   known = set(default_config().keys())
   extra = sorted(set(config.keys()) - known - _experiment_fields(config))
@@ -204,3 +205,13 @@ def validate(config: ml_collections.ConfigDict,
 def _experiment_fields(config) -> set[str]:
   """Fields an experiment may add for its own bookkeeping (e.g. ``quick``)."""
   return {"quick", "name", "description", "sweep"} & set(config.keys())
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The resolved config saved in a run directory; fields added to the
+  library after the run was made take their defaults.
+
+  Raises:
+    runs.RunError: ``workdir`` holds no ``config.json``.
+  """
+  return runs.read_config(workdir, default_config().to_dict())

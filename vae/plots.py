@@ -1,49 +1,53 @@
-"""Figures of a trained run or a sweep, as PNG files (matplotlib, Agg).
+"""Figures as PNG files (matplotlib, Agg): arrays or parameters in, PNG out.
 
 Every figure function takes arrays or parameters, an explicit PRNG key where
 it draws anything, and the output ``path``; it writes one PNG of a fixed pixel
 size (stated in its docstring) and returns a :class:`Drawn`: the path and the
-arrays it drew, so what a picture shows can be checked by value.
+arrays it drew, so what a picture shows can be checked by value. The arrays
+come from :mod:`vae.images`; which figures a run or a sweep gets, and from
+which checkpoint, is :mod:`vae.figures`'s job.
 
 Every image shows likelihood means E[x | z] (for Bernoulli: pixel
 probabilities), never logits; values are clipped to [0, 1] for display only
 (this matters for Gaussian means alone). Given the same inputs and key, the
 bytes of the PNG are identical: figures are drawn with matplotlib's default
 style (the user's matplotlibrc is ignored), Agg, and no timestamp metadata.
-
-:func:`plot_run` draws every figure that applies to one run directory into its
-``figures/`` folder; :func:`plot_sweep` draws the sweep figures of a directory
-whose subdirectories are runs. Matplotlib (and scikit-learn for PCA / t-SNE)
-are imported only when a figure is drawn, so ``vae.plots.tile`` and the other
-array helpers work without them. Figures use their own ``Figure`` and Agg
-canvas, never ``pyplot``: no global backend is switched and nothing is left
-open.
+Matplotlib (and scikit-learn for PCA / t-SNE) are imported only when a
+figure is drawn. Figures use their own ``Figure`` and Agg canvas, never
+``pyplot``: no global backend is switched and nothing is left open.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import re
-import statistics
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core, likelihoods, runs
+from vae import core, errors
+from vae.images import (decode_means, encode_all, for_display,
+                        latent_dim, manifold_latents, neighbourhood_latents,
+                        pick_indices, project_2d, reconstruction_grid,
+                        reconstruction_rows, seed_from_key, tile,
+                        traversal_latents)
 from vae.models import VAE
 
 DPI = 100
-FIGURES_DIR = "figures"
 
-# Seed streams of plot_run / plot_sweep: root = jax.random.key(seed).
-PICK_STREAM, RECON_STREAM, PRIOR_STREAM, SCATTER_STREAM = 0, 1, 2, 3
-
-_PAD_VALUE = 0.5  # grey lines between tiles: neither ink (1) nor paper (0)
+# Deprecated aliases (one release): names that moved out of this module.
+_MOVED = {
+    "plot_run": "vae.figures", "plot_sweep": "vae.figures",
+    "evaluate_member": "vae.figures",
+    "load_test_set": "vae.preprocess", "HeldOut": "vae.preprocess",
+    "normal_quantiles": "vae.images", "FIGURES_DIR": "vae.runs",
+    "PICK_STREAM": "vae.rng", "RECON_STREAM": "vae.rng",
+    "PRIOR_STREAM": "vae.rng", "SCATTER_STREAM": "vae.rng",
+}
+__getattr__ = errors.moved(__name__, _MOVED)
 
 
 class Drawn(NamedTuple):
@@ -57,131 +61,6 @@ class Drawn(NamedTuple):
 
   path: Path
   arrays: dict[str, np.ndarray]
-
-
-# ----------------------------------------------------------------------------
-# Array helpers (no matplotlib).
-# ----------------------------------------------------------------------------
-
-
-def tile(images, rows: int, cols: int, *, pad: int = 1,
-         pad_value: float = _PAD_VALUE) -> np.ndarray:
-  """Images ``[N, H, W, C]`` laid out row-major on a ``rows x cols`` grid.
-
-  Args:
-    images: ``[N, H, W, C]`` with ``N <= rows * cols``; empty cells are left
-      at ``pad_value``.
-    rows, cols: grid size.
-    pad: pixels between (and around) tiles.
-    pad_value: value of the padding and of empty cells.
-
-  Returns:
-    float32 ``[rows * (H + pad) + pad, cols * (W + pad) + pad, C]``.
-  """
-  images = np.asarray(images, np.float32)
-  if images.ndim != 4:
-    raise ValueError(f"images of shape {images.shape} are not accepted: "
-                     f"[N, H, W, C]")
-  n, h, w, c = images.shape
-  if n > rows * cols:
-    raise ValueError(f"{n} images do not fit a {rows} x {cols} grid")
-  out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value,
-                np.float32)
-  for i in range(n):
-    r, k = divmod(i, cols)
-    y, x = pad + r * (h + pad), pad + k * (w + pad)
-    out[y:y + h, x:x + w] = images[i]
-  return out
-
-
-def for_display(images) -> np.ndarray:
-  """float32 copy clipped to [0, 1] (likelihood means; only Gaussian ones can
-  leave the interval)."""
-  return np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-
-
-def reconstruction_rows(params, model: VAE, images, key: jax.Array
-                        ) -> dict[str, np.ndarray]:
-  """The three rows of the reconstruction figure, ``[N, H, W, C]`` each.
-
-  Returns:
-    ``originals`` (``images``), ``deterministic`` =
-    ``reconstruct(params, x)`` (z = posterior mean) and ``stochastic`` =
-    ``reconstruct(params, x, key)`` (one z ~ q(z | x) per image): likelihood
-    means, unclipped.
-  """
-  x = jnp.asarray(images, jnp.float32)
-  return {
-      "originals": np.asarray(x),
-      "deterministic": np.asarray(core.reconstruct(params, x, model=model)),
-      "stochastic": np.asarray(core.reconstruct(params, x, key, model=model)),
-  }
-
-
-def reconstruction_grid(rows: dict[str, np.ndarray], cols: int = 10
-                        ) -> np.ndarray:
-  """Tiled [originals; deterministic; stochastic] rows per set of ``cols``
-  images, clipped to [0, 1]: ``[H', W', C]`` (used by the figure and by
-  TensorBoard)."""
-  n = rows["originals"].shape[0]
-  sets = -(-n // cols)
-  parts = []
-  for s in range(sets):
-    for name in ("originals", "deterministic", "stochastic"):
-      chunk = rows[name][s * cols:(s + 1) * cols]
-      parts.append(chunk)
-      if chunk.shape[0] < cols:  # ragged last set: blank cells
-        parts.append(np.full((cols - chunk.shape[0],) + chunk.shape[1:],
-                             _PAD_VALUE, np.float32))
-  return tile(for_display(np.concatenate(parts)), 3 * sets, cols)
-
-
-def latent_dim(model: VAE) -> int:
-  """Size of the model's latent space."""
-  return int(model.encoder.latent_dim)
-
-
-def decode_means(params, model: VAE, z) -> np.ndarray:
-  """Likelihood means E[x | z] ``[..., H, W, C]`` of latents ``z``
-  ``[..., latent_dim]`` (probabilities for Bernoulli)."""
-  return np.asarray(likelihoods.likelihood_mean(
-      model.likelihood, core.decode(params, jnp.asarray(z, jnp.float32),
-                                    model=model)))
-
-
-def encode_all(params, model: VAE, images, batch_size: int = 1000
-               ) -> core.Posterior:
-  """q(z | x) of every image, in batches: NumPy fields ``[N, latent_dim]``."""
-  images = jnp.asarray(images, jnp.float32)
-  fn = _jitted_encode(model)
-  means, logvars = [], []
-  for start in range(0, images.shape[0], batch_size):
-    post = fn(params, images[start:start + batch_size])
-    means.append(np.asarray(post.mean))
-    logvars.append(np.asarray(post.logvar))
-  return core.Posterior(np.concatenate(means), np.concatenate(logvars))
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_encode(model: VAE):
-  return jax.jit(functools.partial(core.encode, model=model))
-
-
-def normal_quantiles(n: int, lo: float = 0.05, hi: float = 0.95) -> np.ndarray:
-  """``norm.ppf(linspace(lo, hi, n))``, float64 ``[n]`` (stdlib, no scipy)."""
-  dist = statistics.NormalDist()
-  return np.array([dist.inv_cdf(p) for p in np.linspace(lo, hi, n)])
-
-
-def pick_indices(key: jax.Array, num: int, n: int) -> np.ndarray:
-  """``n`` distinct indices of ``range(num)`` drawn with ``key``, in drawn
-  order (all of them, permuted, when ``n >= num``)."""
-  return np.asarray(jax.random.permutation(key, num))[:n]
-
-
-def seed_from_key(key: jax.Array) -> int:
-  """A non-negative int32 derived from ``key`` (for scikit-learn)."""
-  return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
 # ----------------------------------------------------------------------------
@@ -351,16 +230,6 @@ def prior_samples(params, model: VAE, key: jax.Array, path, *, n: int = 64
   return Drawn(path, {"z": np.asarray(z), "images": images, "grid": grid})
 
 
-def manifold_latents(n: int = 20, lo: float = 0.05, hi: float = 0.95
-                     ) -> np.ndarray:
-  """The manifold's latent grid, float32 ``[n, n, 2]``: ``[i, j] =
-  (q[j], q[n - 1 - i])`` with ``q = norm.ppf(linspace(lo, hi, n))``, so z_1
-  grows to the right and z_2 upwards."""
-  q = normal_quantiles(n, lo, hi)
-  z1, z2 = np.meshgrid(q, q[::-1])
-  return np.stack([z1, z2], axis=-1).astype(np.float32)
-
-
 def latent_manifold(params, model: VAE, path, *, n: int = 20) -> Drawn:
   """The 2-D latent manifold: 800 x 860 px.
 
@@ -396,40 +265,6 @@ def latent_manifold(params, model: VAE, path, *, n: int = 20) -> Drawn:
              va="bottom")
     path = _save(fig, path)
   return Drawn(path, {"z": z, "images": images, "grid": grid})
-
-
-def project_2d(means: np.ndarray, method: str, *, seed: int = 0
-               ) -> np.ndarray:
-  """2-D coordinates ``[N, 2]`` of latent means ``[N, D]``.
-
-  ``"direct"``: the latents themselves (D <= 2; D = 1 gets a zero second
-  coordinate). ``"pca"``: the first two principal components (full SVD).
-  ``"tsne"``: scikit-learn t-SNE (PCA initialisation, ``random_state=seed``,
-  perplexity ``min(30, (N - 1) / 3)``).
-  """
-  means = np.asarray(means, np.float64)
-  if method == "direct":
-    if means.shape[1] > 2:
-      raise ValueError(f"method='direct' needs latent_dim <= 2, not "
-                       f"{means.shape[1]}")
-    return np.pad(means, [(0, 0), (0, 2 - means.shape[1])])
-  if method == "pca":
-    from sklearn.decomposition import PCA
-    k = min(2, means.shape[1])
-    out = PCA(n_components=k, svd_solver="full").fit_transform(means)
-    return np.pad(out, [(0, 0), (0, 2 - k)])
-  if method == "tsne":
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-    perplexity = float(min(30.0, (means.shape[0] - 1) / 3))
-    # One OpenMP/BLAS thread: beside XLA's thread pool, more threads made
-    # t-SNE of 1,000 points 6x slower on 2 cores (and the result does not
-    # depend on the thread count).
-    with threadpool_limits(limits=1):
-      return TSNE(n_components=2, perplexity=perplexity, init="pca",
-                  random_state=seed).fit_transform(means)
-  raise ValueError(f"method={method!r} is not accepted: 'direct', 'pca' or "
-                   f"'tsne'")
 
 
 def latent_scatter(params, model: VAE, images, labels, path, key: jax.Array,
@@ -531,19 +366,6 @@ def latent_scatter(params, model: VAE, images, labels, path, key: jax.Array,
   return Drawn(path, arrays)
 
 
-def traversal_latents(mean, n_steps: int = 11, limit: float = 3.0
-                      ) -> np.ndarray:
-  """``[D, n_steps, D]`` latents: row k is ``mean`` with z_k replaced by
-  ``linspace(-limit, limit, n_steps)`` (in prior standard deviations)."""
-  mean = np.asarray(mean, np.float32)
-  d = mean.shape[-1]
-  values = np.linspace(-limit, limit, n_steps, dtype=np.float32)
-  z = np.broadcast_to(mean, (d, n_steps, d)).copy()
-  for k in range(d):
-    z[k, :, k] = values
-  return z
-
-
 def traversals(params, model: VAE, image, path, *, n_steps: int = 11,
                limit: float = 3.0) -> Drawn:
   """Latent traversals around one test image: 860 x (150 + 56 * D) px.
@@ -592,21 +414,6 @@ def traversals(params, model: VAE, image, path, *, n_steps: int = 11,
     path = _save(fig, path)
   return Drawn(path, {"z": z, "images": images, "kl": kl, "values": values,
                       "grid": grid})
-
-
-def neighbourhood_latents(mean, logvar, dims: tuple[int, int], n: int = 9,
-                          span: float = 4.0) -> np.ndarray:
-  """``[n, n, D]``: ``mean`` moved by ``linspace(-span, span, n)`` posterior
-  standard deviations in ``dims[0]`` (columns, left to right) and
-  ``dims[1]`` (rows, bottom to top)."""
-  mean = np.asarray(mean, np.float32)
-  std = np.exp(0.5 * np.asarray(logvar, np.float32))
-  offsets = np.linspace(-span, span, n, dtype=np.float32)
-  a, b = dims
-  z = np.broadcast_to(mean, (n, n, mean.shape[-1])).copy()
-  z[:, :, a] = mean[a] + offsets[None, :] * std[a]
-  z[:, :, b] = mean[b] + offsets[::-1, None] * std[b]
-  return z
 
 
 def neighbourhood_grid(params, model: VAE, image, path, *, n: int = 9,
@@ -894,266 +701,3 @@ def sweep_reconstructions(members: Sequence[tuple[float, Any, VAE]], images,
   return Drawn(path, {"originals": np.asarray(x),
                       "betas": np.array([b for b, _, _ in members], float),
                       "reconstructions": recons, "grid": grid})
-
-
-# ----------------------------------------------------------------------------
-# Whole runs and sweeps.
-# ----------------------------------------------------------------------------
-
-
-class HeldOut(NamedTuple):
-  """A run's test split, preprocessed as in training.
-
-  Attributes:
-    images: float32 ``[N, H, W, C]`` (binarised for ``binarize`` static or
-      dynamic exactly as training did, by ``train.prepare_test_images``).
-    labels: int32 ``[N]``.
-  """
-
-  images: np.ndarray
-  labels: np.ndarray
-
-
-def load_test_set(config) -> HeldOut:
-  """The test split a run was evaluated on: ``data.load_dataset`` then
-  ``train.prepare_test_images`` (binarised as in training)."""
-  from vae import train
-  dataset = _load_dataset(config.dataset, config.data_dir or None,
-                          config.manual_dir or None)
-  test = train.prepare_test_images(config, dataset.test_images)
-  return HeldOut(np.asarray(test), np.asarray(dataset.test_labels))
-
-
-@functools.lru_cache(maxsize=2)
-def _load_dataset(name, data_dir, manual_dir):
-  from vae import data
-  return data.load_dataset(name, data_dir=data_dir, manual_dir=manual_dir)
-
-
-def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
-             baseline: str | Path | None = None, out_dir=None,
-             tsne_points: int = 1000, num_images: int = 20
-             ) -> list[Path]:
-  """Draw every figure that applies to a run into ``workdir/figures/``.
-
-  Always: ``reconstructions.png`` (two sets of 10 test images),
-  ``traversals.png``, ``latent_scatter.png``, ``training_curves.png`` (when
-  ``metrics.jsonl`` has records). For a VAE (not an autoencoder run):
-  ``prior_samples.png`` and ``kl_per_dim.png``; with ``latent_dim == 2``
-  ``latent_manifold.png``; with ``latent_dim >= 2`` ``neighbourhood.png``.
-  The scatter is direct for ``latent_dim <= 2``, else PCA + t-SNE; a
-  ``baseline`` run is drawn beside it.
-
-  Args:
-    workdir: a run directory written by :func:`vae.train.fit`.
-    seed: root of every draw: ``jax.random.key(seed)``, folded with
-      PICK_STREAM (test images shown), RECON_STREAM, PRIOR_STREAM and
-      SCATTER_STREAM. Same run, same seed: byte-identical files.
-    which: checkpoint: ``"best"``, ``"latest"`` or an epoch.
-    baseline: an autoencoder run directory drawn beside in the scatter.
-    out_dir: where to write (default ``workdir/figures``).
-    tsne_points: largest t-SNE subset.
-    num_images: test images in the reconstruction figure.
-
-  Returns:
-    The paths written, in drawing order.
-  """
-  from vae import train
-  workdir = Path(workdir)
-  run = train.load_run(workdir, which)
-  base = None  # loaded first: a bad baseline fails before any drawing
-  if baseline is not None:
-    b = train.load_run(baseline, "best")
-    if b.config.dataset != run.config.dataset:
-      raise runs.RunError(
-          f"baseline {baseline} was trained on {b.config.dataset!r}, not on "
-          f"{run.config.dataset!r} like {workdir}: accepted, a baseline of "
-          "the same dataset")
-    base = (b.params, b.model)
-  out = Path(out_dir) if out_dir is not None else workdir / FIGURES_DIR
-  test = load_test_set(run.config)
-  root = jax.random.key(seed)
-  keys = {s: jax.random.fold_in(root, s) for s in
-          (PICK_STREAM, RECON_STREAM, PRIOR_STREAM, SCATTER_STREAM)}
-  n = test.images.shape[0]
-  order = pick_indices(keys[PICK_STREAM], n, max(num_images, 1))
-  shown, focus = test.images[order[:num_images]], test.images[order[0]]
-  d = latent_dim(run.model)
-  is_vae = run.config.objective == "vae"
-  params, model = run.params, run.model
-  name = workdir.resolve().name
-  written = [reconstructions(
-      params, model, shown, keys[RECON_STREAM], out / "reconstructions.png",
-      title=f"{name} (epoch {run.epoch}): reconstructions of {len(shown)} "
-      "test images" + ("" if is_vae else " (autoencoder: its log-variance "
-                       "head is not trained; the stochastic row is not "
-                       "meaningful)")
-  ).path]
-  if is_vae:
-    written.append(prior_samples(params, model, keys[PRIOR_STREAM],
-                                 out / "prior_samples.png").path)
-    if d == 2:
-      written.append(latent_manifold(params, model,
-                                     out / "latent_manifold.png").path)
-  written.append(latent_scatter(
-      params, model, test.images, test.labels, out / "latent_scatter.png",
-      keys[SCATTER_STREAM], base, tsne_points=tsne_points,
-      names=("VAE" if is_vae else "autoencoder", "autoencoder")).path)
-  written.append(traversals(params, model, focus, out / "traversals.png").path)
-  if is_vae and d >= 2:
-    written.append(neighbourhood_grid(params, model, focus,
-                                      out / "neighbourhood.png").path)
-  records = runs.read_metrics(workdir)
-  if records:
-    written.append(training_curves(records, out / "training_curves.png").path)
-  if is_vae:
-    written.append(kl_per_dim_bars(params, model, test.images,
-                                   out / "kl_per_dim.png").path)
-  return written
-
-
-def evaluate_member(run, test_images) -> dict[str, float]:
-  """Rate and distortion of a loaded run on its test images, in nats.
-
-  One posterior sample per example, in batches of ``config.eval_batch_size``
-  keyed ``fold_in(eval_key, batch_index)`` with the run's own evaluation key
-  ``fold_in(key(config.seed), EVAL_STREAM)``: as
-  ``vae.train.evaluation_terms`` does, so these are the ``test_kl`` / ``test_recon`` that training logged for that
-  epoch. ``rate`` = mean KL(q(z|x) || p(z)); ``distortion`` = mean
-  -log p(x|z); ``elbo`` = -(rate + distortion).
-  """
-  from vae import train
-  config = run.config
-  key = jax.random.fold_in(jax.random.key(config.seed), train.EVAL_STREAM)
-  fn = _jitted_terms(run.model)
-  images = jnp.asarray(test_images, jnp.float32)
-  batch = int(config.eval_batch_size)
-  log_lik, kl = [], []
-  for i, start in enumerate(range(0, images.shape[0], batch)):
-    x = images[start:start + batch]
-    if x.shape[0] < batch:  # pad as evaluation_terms does (same draws)
-      x = jnp.pad(x, [(0, batch - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-    ll, k = fn(run.params, x, jax.random.fold_in(key, i))
-    n = min(batch, images.shape[0] - start)
-    log_lik.append(np.asarray(ll)[:n])
-    kl.append(np.asarray(k)[:n])
-  rate = float(np.mean(np.concatenate(kl)))
-  distortion = float(np.mean(-np.concatenate(log_lik)))
-  return {"rate": rate, "distortion": distortion,
-          "elbo": -(rate + distortion)}
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_terms(model: VAE):
-  def terms(params, x, key):
-    t = core.elbo_terms(params, x, key, model=model)
-    return t.log_likelihood, jnp.sum(t.kl_per_dim, axis=-1)
-  return jax.jit(terms)
-
-
-def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
-               rows: Sequence[dict[str, Any]] | None = None,
-               members_figures: bool = False, tsne_points: int = 1000,
-               num_images: int = 10,
-               log: Callable[[str], None] | None = None) -> list[Path]:
-  """Draw a sweep's figures into ``sweep_dir/figures/``.
-
-  Members are the subdirectories holding ``config.json``; those with
-  ``objective == "autoencoder"`` are baselines, the others VAEs (members
-  without a checkpoint yet are skipped, with a note). Writes
-  ``rate_distortion.png`` (rows: ``rows`` if given, else every VAE member's
-  checkpoint ``which`` evaluated on its test set by :func:`evaluate_member`;
-  not ``sweep.csv``, whose numbers are those of the last epoch whatever
-  ``which`` is), ``sweep_reconstructions.png`` (one row per beta:
-  its lowest-seed member, on ``num_images`` test images of the first), and,
-  when an autoencoder member exists, ``latent_scatter.png`` of the VAE
-  closest to beta = 1 beside it. With ``members_figures``, also
-  :func:`plot_run` of every VAE member (with the autoencoder as baseline).
-
-  Returns:
-    The paths written.
-  """
-  from vae import train
-  log = log or (lambda s: None)
-  sweep_dir = Path(sweep_dir)
-  loaded = []
-  for member in runs.member_dirs(sweep_dir):
-    try:
-      loaded.append((member, train.load_run(member, which)))
-    except runs.RunError as e:
-      log(f"skipped {member}: {e}")
-  vaes = [(m, r) for m, r in loaded if r.config.objective == "vae"]
-  aes = [(m, r) for m, r in loaded if r.config.objective == "autoencoder"]
-  if not vaes:
-    raise runs.RunError(
-        f"{sweep_dir} holds no VAE member run with a checkpoint (members are "
-        f"subdirectories with {runs.CONFIG_FILE}; found "
-        f"{[m.name for m, _ in loaded] or 'none'})")
-  datasets = {r.config.dataset for _, r in loaded}
-  if len(datasets) > 1:
-    raise runs.RunError(f"the members of {sweep_dir} use different datasets "
-                        f"{sorted(datasets)}: a sweep compares one dataset")
-  out = sweep_dir / FIGURES_DIR
-  tests = {m: load_test_set(r.config) for m, r in vaes}
-  from vae import sweep as sweep_lib
-  if rows is None:
-    rows = [{"member": m.name, "beta": float(r.config.beta),
-             "seed": int(r.config.seed), "epoch": r.epoch,
-             "family": sweep_lib.family(r.config),
-             **evaluate_member(r, tests[m].images)} for m, r in vaes]
-  # One curve: members that differ only in beta and seed (others, e.g. a
-  # demonstration variant, are named in the title instead of averaged in).
-  all_rows = rows
-  rows = sweep_lib.main_family(rows) if all("family" in r for r in rows) else rows
-  left_out = [r["member"] for r in all_rows if r not in rows]
-  seeds = {}
-  for r in rows:
-    seeds[float(r["beta"])] = seeds.get(float(r["beta"]), 0) + 1
-  written = [rate_distortion(
-      rows, out / "rate_distortion.png",
-      title=f"{sweep_dir.resolve().name}: {len(rows)} members, checkpoint "
-      f"{which!r} (seeds per beta: "
-      f"{', '.join(f'{b:g}: {n}' for b, n in sorted(seeds.items()))})"
-      + (f"; left out: {', '.join(left_out)}" if left_out else "")).path]
-
-  # One row per setting (its lowest seed), labelled by beta when beta is
-  # all that differs, else by the member's name without its seed.
-  per_setting: dict[str, tuple[Path, Any]] = {}
-  for m, r in sorted(vaes, key=lambda mr: (float(mr[1].config.beta),
-                                           int(mr[1].config.seed), mr[0].name)):
-    per_setting.setdefault(sweep_lib.family(r.config) + repr(r.config.beta),
-                           (m, r))
-  chosen = list(per_setting.values())
-  only_beta = len({sweep_lib.family(r.config) for _, r in chosen}) == 1
-  labels = [f"beta = {float(r.config.beta):g}" if only_beta else
-            (re.sub(r"(^|_)seed\d+", "", m.name).strip("_") or m.name)
-            for m, r in chosen]
-  root = jax.random.key(seed)
-  first = tests[chosen[0][0]]
-  shown = first.images[pick_indices(jax.random.fold_in(root, PICK_STREAM),
-                                    first.images.shape[0], num_images)]
-  written.append(sweep_reconstructions(
-      [(float(r.config.beta), r.params, r.model) for _, r in chosen], shown,
-      out / "sweep_reconstructions.png", labels=labels,
-      title=f"{sweep_dir.resolve().name}: reconstructions, one row per "
-      f"{'beta' if only_beta else 'setting'} (checkpoint {which!r}, lowest "
-      "seed)").path)
-
-  baseline_dir = aes[0][0] if aes else None
-  if aes:
-    m, r = min(chosen, key=lambda mr: (abs(math.log(max(
-        float(mr[1].config.beta), 1e-12))), float(mr[1].config.beta)))
-    ae = aes[0][1]
-    written.append(latent_scatter(
-        r.params, r.model, tests[m].images, tests[m].labels,
-        out / "latent_scatter.png",
-        jax.random.fold_in(root, SCATTER_STREAM), (ae.params, ae.model),
-        tsne_points=tsne_points,
-        names=(f"VAE beta={float(r.config.beta):g} ({m.name})",
-               "autoencoder" + ("" if aes[0][0].name == "autoencoder" else
-                                f" ({aes[0][0].name})"))).path)
-  if members_figures:
-    for m, _ in vaes:
-      written += plot_run(m, seed, which, baseline=baseline_dir,
-                          tsne_points=tsne_points)
-  return written

@@ -1,13 +1,25 @@
-"""The run directory: its layout, its config, its metrics log and provenance.
+"""The run and sweep directories: every file name, and their atomic writes.
 
-A workdir holds::
+A run directory (``workdir``) holds::
 
   config.json      the resolved config (every field), written before training
   provenance.json  versions, platform, devices and git commit of the code
   metrics.jsonl    one JSON object per epoch (timings in fields ending in _s)
   checkpoints/     orbax checkpoints (see vae.checkpoint)
+  diverged.json    written when the run's loss became non-finite
+  .lock            held (flock) by the process training in it
+  eval.json        scripts/evaluate.py (eval_<stem>.json for --data <stem>)
+  figures/         scripts/plot.py (FIGURE_FILES)
+  tensorboard/     optional TensorBoard event files
+
+A sweep directory holds one run directory per member, plus::
+
+  sweep_config.json  the sweep's config
+  sweep.csv, sweep.json, rate_distortion.png   the report
+  figures/           scripts/plot.py (SWEEP_FIGURE_FILES)
 
 Everything a later tool (resume, evaluate, plot) needs is read from here.
+This module knows nothing of config defaults or models: callers pass them in.
 """
 
 from __future__ import annotations
@@ -15,25 +27,54 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import ml_collections
+
+from vae import errors
+from vae.errors import RunError
 
 CONFIG_FILE = "config.json"
 PROVENANCE_FILE = "provenance.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+DIVERGED_FILE = "diverged.json"
+LOCK_FILE = ".lock"
+EVAL_FILE = "eval.json"
+FIGURES_DIR = "figures"
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_EXPORT_SUFFIX = ".export"  # event files written by an export
+SWEEP_CONFIG_FILE = "sweep_config.json"
+REPORT_CSV = "sweep.csv"
+REPORT_JSON = "sweep.json"
+RATE_DISTORTION_PNG = "rate_distortion.png"
+# Figures of one run (in FIGURES_DIR), by figure.
+FIGURE_FILES = {
+    "reconstructions": "reconstructions.png",
+    "prior_samples": "prior_samples.png",
+    "latent_manifold": "latent_manifold.png",
+    "latent_scatter": "latent_scatter.png",
+    "traversals": "traversals.png",
+    "neighbourhood": "neighbourhood.png",
+    "training_curves": "training_curves.png",
+    "kl_per_dim": "kl_per_dim.png",
+}
+# Figures of a sweep (in its FIGURES_DIR), by figure.
+SWEEP_FIGURE_FILES = {
+    "sweep_reconstructions": "sweep_reconstructions.png",
+    "latent_scatter": "latent_scatter.png",
+}
 
 # Fields that may change when a run is resumed (extending training).
 RESUMABLE_CHANGES = ("num_epochs", "eval_k")
 
-
-class RunError(RuntimeError):
-  """The workdir cannot be used as asked (message says why and what to do)."""
+_MOVED = {"load_config": "vae.config", "prepare_workdir": "vae.train"}
+__getattr__ = errors.moved(__name__, _MOVED)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -52,13 +93,14 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json())
 
 
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The resolved config saved in a run directory."""
+def read_config(workdir: str | os.PathLike,
+                defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The resolved config saved in a run directory; fields the library added
+  after the run was made take their value from ``defaults``."""
   path = Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise RunError(f"{path} does not exist: {workdir} is not a run directory")
-  from vae import config as config_lib  # local: config imports the models
-  d = config_lib.default_config().to_dict()
+  d = dict(defaults)
   d.update(json.loads(path.read_text()))  # fields newer than the run: defaults
   for key, value in d.items():
     if isinstance(value, list):
@@ -66,13 +108,11 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
-def prepare_workdir(workdir: str | os.PathLike,
-                    config: ml_collections.ConfigDict) -> Path:
-  """Create ``workdir`` and record the config, or check it matches a resumed run.
+def ensure_writable(workdir: str | os.PathLike) -> Path:
+  """Create ``workdir`` if needed and check that files can be written in it.
 
   Raises:
-    RunError: the directory is not writable, or it holds a run whose config
-      differs in a field other than those in RESUMABLE_CHANGES.
+    RunError: it cannot be created or written.
   """
   workdir = Path(workdir)
   try:
@@ -82,24 +122,45 @@ def prepare_workdir(workdir: str | os.PathLike,
     probe.unlink()
   except OSError as e:
     raise RunError(f"workdir {workdir} is not writable: {e}") from None
-  new = config_to_dict(config)
-  path = workdir / CONFIG_FILE
-  if path.exists():
-    from vae import config as config_lib  # local: config imports the models
-    # Fields added to the library after the run was made count as defaults.
-    old = {**config_to_dict(config_lib.default_config()),
-           **json.loads(path.read_text())}
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-      diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
-      raise RunError(
-          f"{workdir} holds a run with a different config ({diffs}). Resume it "
-          f"with the same config (only {RESUMABLE_CHANGES} may change) or "
-          f"choose a new --workdir.")
-  write_json_atomic(path, new)
-  write_json_atomic(workdir / PROVENANCE_FILE, provenance())
   return workdir
+
+
+def check_resumable(workdir: str | os.PathLike, new: Mapping[str, Any],
+                    defaults: Mapping[str, Any]) -> None:
+  """Refuse to reuse ``workdir`` when its saved config differs from ``new``
+  (both JSON-ready dicts) in a field other than RESUMABLE_CHANGES; fields the
+  library added after the run was made count as ``defaults``.
+
+  Raises:
+    RunError: naming every changed field, old and new values.
+  """
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return
+  old = {**defaults, **json.loads(path.read_text())}
+  changed = sorted(k for k in set(old) | set(new)
+                   if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+  if changed:
+    diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    raise RunError(
+        f"{workdir} holds a run with a different config ({diffs}). Resume it "
+        f"with the same config (only {RESUMABLE_CHANGES} may change) or "
+        f"choose a new --workdir.")
+
+
+def eval_file_name(data_path: str | os.PathLike | None = None) -> str:
+  """``eval.json`` for the run's own test set, ``eval_<stem>.json`` for a file.
+
+  The stem is the file name without ``.gz``, ``.npy``, ``.npz`` or ``.idx``,
+  with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced
+  by ``_``: ``t10k-images-idx3-ubyte.gz`` -> ``eval_t10k-images-idx3-ubyte.json``.
+  """
+  if data_path is None:
+    return EVAL_FILE
+  stem = Path(data_path).name
+  for suffix in (".gz", ".npy", ".npz", ".idx"):
+    stem = stem.removesuffix(suffix)
+  return f"eval_{re.sub(r'[^A-Za-z0-9._-]', '_', stem) or 'data'}.json"
 
 
 def provenance() -> dict[str, Any]:
@@ -172,9 +233,6 @@ def append_metrics(workdir: str | os.PathLike,
     f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
     f.flush()
     os.fsync(f.fileno())
-
-
-LOCK_FILE = ".lock"
 
 
 class WorkdirLock:

@@ -28,8 +28,11 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-TENSORBOARD_DIR = "tensorboard"
-EXPORT_SUFFIX = ".export"  # event files written by export_run end with it
+from vae import images as images_lib
+from vae import preprocess, restore, rng, runs
+
+TENSORBOARD_DIR = runs.TENSORBOARD_DIR
+EXPORT_SUFFIX = runs.TENSORBOARD_EXPORT_SUFFIX  # event files written by export_run
 
 _noted = False
 
@@ -176,9 +179,8 @@ class TensorBoardLogger:
     (likelihood means clipped to [0, 1]); returns it (None when disabled)."""
     if self._writer is None:
       return None
-    from vae import plots
-    grid = plots.reconstruction_grid(
-        plots.reconstruction_rows(params, model, images, key), cols)
+    grid = images_lib.reconstruction_grid(
+        images_lib.reconstruction_rows(params, model, images, key), cols)
     self.image(epoch, name, grid)
     return grid
 
@@ -217,7 +219,7 @@ def export_run(workdir, *, seed: int = 0, which: str | int = "best",
 
   Every record of ``metrics.jsonl`` as scalars at its epoch, and the
   reconstruction image of checkpoint ``which`` at its epoch (test images and
-  key as :func:`vae.plots.plot_run` draws them for ``seed``). Event files of
+  key as :func:`vae.figures.plot_run` draws them for ``seed``). Event files of
   an earlier export (names ending in ``.export``) are replaced; files a
   training-time logger wrote are left alone.
 
@@ -227,25 +229,20 @@ def export_run(workdir, *, seed: int = 0, which: str | int = "best",
   if not available():
     _note_missing(log)
     return None
-  import jax
-
-  from vae import plots, runs, train
   workdir = Path(workdir)
-  run = train.load_run(workdir, which)
+  run = restore.load_run(workdir, which)
   logdir = workdir / TENSORBOARD_DIR
   for old in sorted(logdir.glob(f"events.out.tfevents.*{EXPORT_SUFFIX}")):
     old.unlink()
-  test = plots.load_test_set(run.config)
-  root = jax.random.key(seed)
-  order = plots.pick_indices(jax.random.fold_in(root, plots.PICK_STREAM),
-                             test.images.shape[0], num_images)
+  test = preprocess.load_test_set(run.config)
+  keys = rng.figure_keys(seed)
+  order = images_lib.pick_indices(keys.pick, test.images.shape[0], num_images)
   with TensorBoardLogger.create(workdir, filename_suffix=EXPORT_SUFFIX,
                                 log=log) as logger:
     for record in runs.read_metrics(workdir):
       logger.scalars(record["epoch"], record)
     logger.reconstructions(
-        run.epoch, run.params, run.model, test.images[order],
-        jax.random.fold_in(root, plots.RECON_STREAM))
+        run.epoch, run.params, run.model, test.images[order], keys.recon)
     logger.text(run.epoch, "reconstructions/about", RECONSTRUCTION_NOTE)
   return logdir
 

@@ -1,0 +1,122 @@
+"""Runs read back from their directories: configs, models and parameters,
+without compiling a trainer; comparing two runs; resuming a group.
+
+:func:`load_run` builds the model from the saved config and restores a
+checkpoint into the shapes of a freshly initialised :class:`~vae.state.TrainState`
+(``jax.eval_shape``: nothing is computed or compiled).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vae import checkpoint, optim, runs
+from vae import config as config_lib
+from vae.errors import CheckpointError, RunError
+from vae.models import VAE, build_model
+from vae.state import init_state
+
+
+class LoadedRun(NamedTuple):
+  """A trained run read back from its workdir (see :func:`load_run`).
+
+  ``params`` is what :mod:`vae.core` takes: the ``params`` collection, or
+  ``{"params", "batch_stats"}`` for a model with batch normalisation.
+  """
+
+  config: ml_collections.ConfigDict
+  model: VAE
+  params: Any
+  epoch: int
+
+
+def checkpoint_like(config: ml_collections.ConfigDict, model: VAE) -> Any:
+  """Shapes and dtypes of one saved checkpoint of a run of ``config``:
+  ``{"state": TrainState, "epoch": int32}`` of ShapeDtypeStructs."""
+  optimizer = optim.make_optimizer(config, 1)  # shapes do not depend on steps
+  return jax.eval_shape(lambda: {
+      "state": init_state(0, model=model, optimizer=optimizer,
+                          data_shape=config.data_shape),
+      "epoch": jnp.int32(0)})
+
+
+def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
+  """Config, model and parameters of a run directory.
+
+  Args:
+    workdir: a directory written by :func:`vae.train.fit`.
+    which: ``"best"`` (highest test ELBO among kept checkpoints), ``"latest"``,
+      or an epoch number.
+
+  Raises:
+    runs.RunError: not a run directory, or it has no checkpoint.
+    checkpoint.CheckpointError: the asked-for checkpoint is missing or corrupt.
+  """
+  config = config_lib.load_config(workdir)
+  ckpts = checkpoint.Checkpoints(Path(workdir) / runs.CHECKPOINT_DIR,
+                                 keep_latest=config.keep_checkpoints)
+  try:
+    which = runs.parse_checkpoint(which)
+    epoch = {"best": ckpts.best_epoch, "latest": ckpts.latest_epoch}.get(
+        which, lambda: which)()
+    if epoch is None:
+      raise RunError(f"{workdir} has no checkpoint yet")
+    model = build_model(config)
+    epoch, restored = ckpts.restore(checkpoint_like(config, model), epoch)
+  finally:
+    ckpts.close()
+  return LoadedRun(config, model, restored["state"].variables(), int(epoch))
+
+
+def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
+                 which: str | int = "latest") -> dict[str, Any]:
+  """How far two runs are apart: parameters and final test ELBO.
+
+  Returns:
+    ``max_relative_param_difference`` (max over leaves of
+    max|a - b| / max|b|), ``bitwise_params`` (bool), ``test_elbo_a``,
+    ``test_elbo_b``, ``test_elbo_difference`` (nats), ``epochs``.
+  """
+  a, b = load_run(workdir_a, which), load_run(workdir_b, which)
+  leaves_a = jax.tree_util.tree_leaves(jax.device_get(a.params))
+  leaves_b = jax.tree_util.tree_leaves(jax.device_get(b.params))
+  if jax.tree_util.tree_structure(a.params) != jax.tree_util.tree_structure(b.params):
+    raise RunError(f"{workdir_a} and {workdir_b} have different models")
+  worst = 0.0
+  for x, y in zip(leaves_a, leaves_b):
+    if x.shape != y.shape:
+      raise RunError(f"{workdir_a} and {workdir_b} have different models")
+    scale = max(float(np.max(np.abs(y))), 1e-30)
+    worst = max(worst, float(np.max(np.abs(x - y))) / scale)
+  elbo_a = {r["epoch"]: r["test_elbo"] for r in runs.read_metrics(workdir_a)}
+  elbo_b = {r["epoch"]: r["test_elbo"] for r in runs.read_metrics(workdir_b)}
+  return {"epochs": [a.epoch, b.epoch],
+          "max_relative_param_difference": worst,
+          "bitwise_params": all(np.array_equal(x, y)
+                                for x, y in zip(leaves_a, leaves_b)),
+          "test_elbo_a": elbo_a.get(a.epoch), "test_elbo_b": elbo_b.get(b.epoch),
+          "test_elbo_difference": abs(elbo_a.get(a.epoch, np.nan) -
+                                      elbo_b.get(b.epoch, np.nan))}
+
+
+def restore_common_epoch(ckpts: list[checkpoint.Checkpoints], like,
+                         log: Callable[[str], None]) -> tuple[int, list[Any]]:
+  """The newest epoch every member of a group has a *valid* checkpoint of,
+  and the restored states; (0, []) when there is none. A corrupt checkpoint
+  is reported and the next older common epoch is tried."""
+  common = None
+  for c in ckpts:
+    epochs = set(c.epochs())
+    common = epochs if common is None else common & epochs
+  for epoch in sorted(common or (), reverse=True):
+    try:
+      return epoch, [c.restore(like, epoch)[1]["state"] for c in ckpts]
+    except CheckpointError as e:
+      log(f"warning: {e}; trying an older checkpoint")
+  return 0, []
