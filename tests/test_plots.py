@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from vae import config as config_lib
-from vae import core, data, figures, likelihoods, plots, preprocess, restore, runs, tensorboard, train
+from vae import core, data, figures, likelihoods, plots, preprocess, report, restore, runs, tensorboard, train
 from vae import images as images_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,21 +209,27 @@ def test_traversal_and_neighbourhood_latents(sweep, tmp_path):
 
 def test_plot_sweep_writes_rate_distortion_and_reconstructions(sweep):
   paths = {p.name: p for p in figures.plot_sweep(sweep, seed=0, tsne_points=100)}
+  # The one rate-distortion figure of the sweep, beside its members.
+  assert paths["rate_distortion.png"] == sweep / "rate_distortion.png"
   check_png(paths["rate_distortion.png"], (1250, 520))
   check_png(paths["sweep_reconstructions.png"], (1000, 100 + 84 * 3))
   # The autoencoder member is found and drawn beside the VAE closest to
   # beta = 1: 2 projections (rows) x (VAE, autoencoder) (columns).
   check_png(paths["latent_scatter.png"], (1070, 1070))
   assert len(paths) == 3
-  # The rows are the members' own test metrics at the plotted checkpoint.
+  # Its rows are the test metrics training logged at each member's final
+  # epoch, exactly (no second computation of the test ELBO).
+  rows = {r["member"]: r for r in report.sweep_rows(sweep)}
+  assert sorted(rows) == ["ae", "b0.5_s0", "b0.5_s1", "b2_s0"]
+  assert set(rows["b0.5_s0"]) >= {"beta", "seed"}
   for name in ("b0.5_s0", "b0.5_s1", "b2_s0"):
-    loaded = restore.load_run(sweep / name)
-    images = preprocess.load_test_set(loaded.config).images
-    row = figures.evaluate_member(loaded, images)
-    records = {r["epoch"]: r for r in runs.read_metrics(sweep / name)}
-    record = records[loaded.epoch]
-    assert row["rate"] == pytest.approx(record["test_kl"], rel=1e-5)
-    assert row["distortion"] == pytest.approx(record["test_recon"], rel=1e-5)
+    final = runs.read_metrics(sweep / name)[-1]
+    assert rows[name]["rate"] == final["test_kl"]
+    assert rows[name]["distortion"] == final["test_recon"]
+    assert rows[name]["status"] == "finished"
+  before = (sweep / "rate_distortion.png").read_bytes()
+  report.write_report(list(rows.values()), sweep)  # as scripts/sweep.py does
+  assert (sweep / "rate_distortion.png").read_bytes() == before
 
 
 def test_rate_distortion_statistics_and_bad_rows(tmp_path):

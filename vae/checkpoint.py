@@ -81,7 +81,8 @@ except ImportError:  # orbax-checkpoint < 0.12 (or where v1 is still experimenta
 
 from vae.errors import CheckpointError, CheckpointWarning
 
-__all__ = ["CheckpointError", "CheckpointWarning", "Checkpoints"]
+__all__ = ["CheckpointError", "CheckpointWarning", "Checkpoints",
+           "best_epoch_on_disk"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,49 @@ def _fsync_tree(root: Path) -> None:
     _fsync(Path(dirpath))
 
 
+def _rank(metrics: Any, best_metric: str, best_mode: str) -> float:
+  """Larger is better; a missing or non-finite metric ranks -inf."""
+  try:
+    v = float(metrics[best_metric])
+  except (KeyError, TypeError, ValueError):
+    return -math.inf
+  if not math.isfinite(v):
+    return -math.inf
+  return v if best_mode == "max" else -v
+
+
+def _best_of(ranked) -> int | None:
+  """The epoch of the best rank among ``(epoch, rank)`` pairs in ascending
+  epoch order (the latest among ties); None if none ranks above -inf."""
+  best, best_rank = None, -math.inf
+  for epoch, r in ranked:
+    if r > -math.inf and r >= best_rank:
+      best, best_rank = epoch, r
+  return best
+
+
+def best_epoch_on_disk(directory: str | os.PathLike, *,
+                       best_metric: str = "test_elbo",
+                       best_mode: str = "max") -> int | None:
+  """:meth:`Checkpoints.best_epoch` of a checkpoint directory, read without
+  opening it with Orbax (which removes unfinished saves), so that a report
+  may read the directory of a run another process is training. Reads the
+  ``metrics/metrics`` file of every committed ``<epoch>/`` directory."""
+  directory = Path(directory)
+  if not directory.is_dir():
+    return None
+  ranked = []
+  for step_dir in directory.iterdir():
+    if not (_STEP_NAME.match(step_dir.name) and step_dir.is_dir()):
+      continue
+    try:
+      metrics = json.loads((step_dir / "metrics" / "metrics").read_text())
+    except (OSError, ValueError):
+      metrics = None
+    ranked.append((int(step_dir.name), _rank(metrics, best_metric, best_mode)))
+  return _best_of(sorted(ranked))
+
+
 class Checkpoints:
   """Checkpoints of one run in `directory` (e.g. runs/<name>/checkpoints).
 
@@ -217,13 +261,7 @@ class Checkpoints:
 
   def _rank(self, metrics: Any) -> float:
     """Sort key for BestN/best_epoch: larger is better; bad/missing -> -inf."""
-    try:
-      v = float(metrics[self.best_metric])
-    except (KeyError, TypeError, ValueError):
-      return -math.inf
-    if not math.isfinite(v):
-      return -math.inf
-    return v if self.best_mode == "max" else -v
+    return _rank(metrics, self.best_metric, self.best_mode)
 
   def epochs(self) -> list[int]:
     """Committed checkpoints, ascending.
@@ -239,12 +277,8 @@ class Checkpoints:
 
   def best_epoch(self) -> int | None:
     """The kept checkpoint with the best `best_metric` (latest among ties)."""
-    best, best_rank = None, -math.inf
-    for c in self._ckptr.checkpoints:
-      r = self._rank(c.metrics)
-      if r > -math.inf and r >= best_rank:
-        best, best_rank = c.step, r
-    return best
+    return _best_of((c.step, self._rank(c.metrics))
+                    for c in self._ckptr.checkpoints)
 
   def metrics(self, epoch: int) -> dict[str, float]:
     """The metrics saved with `epoch`."""

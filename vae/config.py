@@ -23,7 +23,8 @@ BINARIZE = ("none", "dynamic", "static")
 __all__ = [
     "BERNOULLI_FORMS", "BINARIZE", "ConfigError", "KL_SCHEDULES",
     "LR_SCHEDULES", "OBJECTIVES", "ON_NAN", "OPTIMIZERS", "REDUCTIONS",
-    "check_variant", "default_config", "load_config", "validate",
+    "check_variant", "default_config", "load_config", "load_sweep_config",
+    "validate",
     "with_fields",
 ]
 
@@ -215,3 +216,14 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     runs.RunError: ``workdir`` holds no ``config.json``.
   """
   return runs.read_config(workdir, default_config().to_dict())
+
+
+def load_sweep_config(sweep_dir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The sweep config saved in a sweep directory (``sweep_config.json``),
+  with defaults for fields added to the library since.
+
+  Raises:
+    runs.RunError: ``sweep_dir`` holds no ``sweep_config.json``.
+  """
+  return runs.read_config(sweep_dir, default_config().to_dict(),
+                          name=runs.SWEEP_CONFIG_FILE)

@@ -10,19 +10,14 @@ byte-identical files.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-from vae import core, grouping, plots, preprocess, restore, rng, runs
+from vae import grouping, plots, preprocess, report, restore, rng, runs
 from vae import images as images_lib
-from vae.models import VAE
 
 
 def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
@@ -107,58 +102,21 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
   return written
 
 
-def evaluate_member(run, test_images) -> dict[str, float]:
-  """Rate and distortion of a loaded run on its test images, in nats.
-
-  One posterior sample per example, in batches of ``config.eval_batch_size``
-  keyed ``fold_in(eval_key, batch_index)`` with the run's own evaluation key
-  ``fold_in(key(config.seed), EVAL_STREAM)``: as
-  ``vae.train.evaluation_terms`` does, so these are the ``test_kl`` / ``test_recon`` that training logged for that
-  epoch. ``rate`` = mean KL(q(z|x) || p(z)); ``distortion`` = mean
-  -log p(x|z); ``elbo`` = -(rate + distortion).
-  """
-  config = run.config
-  key = rng.member_keys(config.seed).eval
-  fn = _jitted_terms(run.model)
-  images = jnp.asarray(test_images, jnp.float32)
-  batch = int(config.eval_batch_size)
-  log_lik, kl = [], []
-  for i, start in enumerate(range(0, images.shape[0], batch)):
-    x = images[start:start + batch]
-    if x.shape[0] < batch:  # pad as evaluation_terms does (same draws)
-      x = jnp.pad(x, [(0, batch - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-    ll, k = fn(run.params, x, rng.batch_key(key, i))
-    n = min(batch, images.shape[0] - start)
-    log_lik.append(np.asarray(ll)[:n])
-    kl.append(np.asarray(k)[:n])
-  rate = float(np.mean(np.concatenate(kl)))
-  distortion = float(np.mean(-np.concatenate(log_lik)))
-  return {"rate": rate, "distortion": distortion,
-          "elbo": -(rate + distortion)}
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_terms(model: VAE):
-  def terms(params, x, key):
-    t = core.elbo_terms(params, x, key, model=model)
-    return t.log_likelihood, jnp.sum(t.kl_per_dim, axis=-1)
-  return jax.jit(terms)
-
-
 def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
                rows: Sequence[dict[str, Any]] | None = None,
                members_figures: bool = False, tsne_points: int = 1000,
                num_images: int = 10,
                log: Callable[[str], None] | None = None) -> list[Path]:
-  """Draw a sweep's figures into ``sweep_dir/figures/``.
+  """Draw a sweep's figures.
 
   Members are the subdirectories holding ``config.json``; those with
   ``objective == "autoencoder"`` are baselines, the others VAEs (members
-  without a checkpoint yet are skipped, with a note). Writes
-  ``rate_distortion.png`` (rows: ``rows`` if given, else every VAE member's
-  checkpoint ``which`` evaluated on its test set by :func:`evaluate_member`;
-  not ``sweep.csv``, whose numbers are those of the last epoch whatever
-  ``which`` is), ``sweep_reconstructions.png`` (one row per beta:
+  without a checkpoint yet are skipped, with a note). Writes the sweep's
+  one ``rate_distortion.png`` (:func:`vae.report.rate_distortion_figure`,
+  from ``rows`` if given, else :func:`vae.report.sweep_rows`: the test
+  metrics training logged at each member's final epoch, the figure
+  ``scripts/sweep.py`` writes) and, into ``sweep_dir/figures/``,
+  ``sweep_reconstructions.png`` (one row per beta:
   its lowest-seed member, on ``num_images`` test images of the first), and,
   when an autoencoder member exists, ``latent_scatter.png`` of the VAE
   closest to beta = 1 beside it. With ``members_figures``, also
@@ -188,25 +146,12 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
                         f"{sorted(datasets)}: a sweep compares one dataset")
   out = sweep_dir / runs.FIGURES_DIR
   tests = {m: preprocess.load_test_set(r.config) for m, r in vaes}
-  if rows is None:
-    rows = [{"member": m.name, "beta": float(r.config.beta),
-             "seed": int(r.config.seed), "epoch": r.epoch,
-             "family": grouping.family(r.config),
-             **evaluate_member(r, tests[m].images)} for m, r in vaes]
-  # One curve: members that differ only in beta and seed (others, e.g. a
-  # demonstration variant, are named in the title instead of averaged in).
-  all_rows = rows
-  rows = grouping.main_family(rows) if all("family" in r for r in rows) else rows
-  left_out = [r["member"] for r in all_rows if r not in rows]
-  seeds = {}
-  for r in rows:
-    seeds[float(r["beta"])] = seeds.get(float(r["beta"]), 0) + 1
-  written = [plots.rate_distortion(
-      rows, out / runs.RATE_DISTORTION_PNG,
-      title=f"{sweep_dir.resolve().name}: {len(rows)} members, checkpoint "
-      f"{which!r} (seeds per beta: "
-      f"{', '.join(f'{b:g}: {n}' for b, n in sorted(seeds.items()))})"
-      + (f"; left out: {', '.join(left_out)}" if left_out else "")).path]
+  written = []
+  rd_path = report.rate_distortion_figure(
+      list(rows) if rows is not None else report.sweep_rows(sweep_dir),
+      sweep_dir)
+  if rd_path is not None:
+    written.append(rd_path)
 
   # One row per setting (its lowest seed), labelled by beta when beta is
   # all that differs, else by the member's name without its seed.

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core, errors
+from vae import core, diagnostics, errors
 from vae.images import (decode_means, encode_all, for_display,
                         latent_dim, manifold_latents, neighbourhood_latents,
                         pick_indices, project_2d, reconstruction_grid,
@@ -536,30 +536,37 @@ def kl_per_dim_bars(params, model: VAE, images, path) -> Drawn:
   max(600, 80 + 28 * D) x 420 px.
 
   The analytic KL(q(z_k | x) || N(0, 1)) in nats, averaged over the images
-  (no sampling).
+  (no sampling; :func:`vae.diagnostics.kl_per_dimension`), with the
+  dimensions above :data:`vae.diagnostics.KL_FLOOR` and the active units
+  (:func:`vae.diagnostics.active_units`) counted in the title: the
+  thresholds ``scripts/evaluate.py`` reports.
 
   Returns:
-    arrays ``kl`` ``[D]``.
+    arrays ``kl`` ``[D]`` and ``posterior_mean_variance`` ``[D]``.
   """
   post = encode_all(params, model, images)
-  kl = np.asarray(core.kl_per_dim(post)).mean(axis=0)
+  kl = diagnostics.kl_per_dimension(post)
+  active, variances = diagnostics.active_units(post.mean)
   d = kl.shape[0]
   width = max(600, 80 + 28 * d)
   with _style():
     fig = _figure(width, 420)
     ax = _axes_px(fig, 70, 60, width - 100, 300)
     ax.bar(np.arange(1, d + 1), kl, color="tab:blue")
+    ax.axhline(diagnostics.KL_FLOOR, color="0.4", linestyle=":", linewidth=1)
     ax.set_xticks(np.arange(1, d + 1))
     ax.set_xlim(0.4, d + 0.6)
     ax.set_xlabel("latent dimension k")
     ax.set_ylabel("mean KL (nats)")
     ax.grid(axis="y", alpha=0.3)
-    active = int((kl > 0.1).sum())
+    informative = diagnostics.informative_dims(kl)
     ax.set_title(f"KL per latent dimension, mean over {post.mean.shape[0]} "
-                 f"test images\ntotal {kl.sum():.2f} nats; {active}/{d} "
-                 "dimensions above 0.1 nats")
+                 f"test images: total {kl.sum():.2f} nats\n{informative}/{d} "
+                 f"above {diagnostics.KL_FLOOR:g} nats (dotted line); "
+                 f"{active}/{d} active units (Var_x E[z_k|x] > "
+                 f"{diagnostics.ACTIVE_UNIT_THRESHOLD:g})")
     path = _save(fig, path)
-  return Drawn(path, {"kl": kl})
+  return Drawn(path, {"kl": kl, "posterior_mean_variance": variances})
 
 
 # ----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from vae import grouping, plots, runs
+from vae import checkpoint, grouping, plots, runs
+from vae import config as config_lib
 
 TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",
                  "test_recon", "test_kl", "seconds", "status")
@@ -43,12 +44,27 @@ def summary_table(summary: dict[str, Any], records: list[dict[str, Any]]) -> str
 
 
 def member_row(name: str, member: ml_collections.ConfigDict, axes: list[str],
-               member_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
-  """One row of the sweep table: the member's name and swept fields, its
-  final test metrics (rate = test KL, distortion = test recon, nats per
-  example), status, best epoch and the seconds its group trained."""
-  records = runs.read_metrics(member_dir)
-  final = summary["final"] or (records[-1] if records else {})
+               member_dir: Path) -> dict[str, Any]:
+  """One row of the sweep table, read from the member's directory: its name
+  and swept fields, its final test metrics (rate = test KL, distortion =
+  test recon, nats per example), status, best epoch and the seconds its
+  group spent training and evaluating it.
+
+  ``status``: "finished" (all ``num_epochs`` recorded), "diverged"
+  (``diverged.json``), "unfinished" (fewer epochs recorded) or "missing"
+  (no run directory yet).
+  """
+  member_dir = Path(member_dir)
+  records = runs.read_metrics(member_dir) if member_dir.is_dir() else []
+  final = records[-1] if records else {}
+  if (member_dir / runs.DIVERGED_FILE).is_file():
+    status = "diverged"
+  elif final.get("epoch") == member.num_epochs:
+    status = "finished"
+  elif records or (member_dir / runs.CONFIG_FILE).is_file():
+    status = "unfinished"
+  else:
+    status = "missing"
   return {
       "member": name,
       "family": grouping.family(member),
@@ -61,12 +77,41 @@ def member_row(name: str, member: ml_collections.ConfigDict, axes: list[str],
       "test_kl": final.get("test_kl"),
       "rate": final.get("test_kl"),
       "distortion": final.get("test_recon"),
-      "status": summary.get("status", "finished"),
-      "best_epoch": summary["best_epoch"],
+      "status": status,
+      "best_epoch": checkpoint.best_epoch_on_disk(
+          member_dir / runs.CHECKPOINT_DIR),
       "epochs": final.get("epoch"),
       "seconds": sum(r.get("epoch_s", 0.0) + r.get("eval_s", 0.0)
                      for r in records),
   }
+
+
+def sweep_rows(sweep_dir: str | Path,
+               config: ml_collections.ConfigDict | None = None
+               ) -> list[dict[str, Any]]:
+  """One row per member (:func:`member_row`), read from the member
+  directories, whatever process (or shard) trained them.
+
+  The members and their order (group by group, as a sweep trains them)
+  come from ``config`` or the directory's ``sweep_config.json``; without
+  either, every subdirectory holding a run is a member (sorted by name) and
+  the axes are the fields in which they differ.
+  """
+  sweep_dir = Path(sweep_dir)
+  if config is None and (sweep_dir / runs.SWEEP_CONFIG_FILE).is_file():
+    config = config_lib.load_sweep_config(sweep_dir)
+  if config is not None:
+    named = [m for group in grouping.groups(grouping.members(config))
+             for m in group]
+    axes = grouping.axes(config)
+  else:
+    named = [(d.name, config_lib.load_config(d))
+             for d in runs.member_dirs(sweep_dir)]
+    dicts = [runs.config_to_dict(c) for _, c in named]
+    axes = sorted(k for k in dicts[0]
+                  if any(d.get(k) != dicts[0][k] for d in dicts)) if dicts else []
+  return [member_row(name, member, axes, sweep_dir / name)
+          for name, member in named]
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
@@ -105,18 +150,34 @@ def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
   runs.write_json_atomic(workdir / runs.REPORT_JSON, json.loads(json.dumps(
       rows, default=lambda v: list(v) if isinstance(v, tuple) else str(v))))
   written = [csv_path, workdir / runs.REPORT_JSON]
-  vae_rows = [r for r in rows
-              if r["objective"] == "vae" and r["status"] == "finished"]
-  if vae_rows:
-    plot_path = workdir / runs.RATE_DISTORTION_PNG
-    curve = grouping.main_family(vae_rows)
-    left_out = [r["member"] for r in vae_rows if r not in curve]
-    plots.rate_distortion(curve, plot_path, title=(
-        f"{workdir.resolve().name}: {len(curve)} members, final epoch"
-        + (f" (other settings left out: {', '.join(left_out)})"
-           if left_out else "")))
+  plot_path = rate_distortion_figure(rows, workdir)
+  if plot_path is not None:
     written.append(plot_path)
   return written
+
+
+def rate_distortion_figure(rows: list[dict[str, Any]], workdir: str | Path
+                           ) -> Path | None:
+  """The sweep's ``rate_distortion.png``: the finished VAE members of its
+  main family (:func:`vae.grouping.main_family`; the others are named in
+  the title), at their final epoch. None when no VAE member finished.
+
+  The one rate-distortion figure of a sweep: ``scripts/sweep.py`` and
+  ``scripts/plot.py`` both draw it from these rows.
+  """
+  workdir = Path(workdir)
+  vae_rows = [r for r in rows
+              if r["objective"] == "vae" and r["status"] == "finished"]
+  if not vae_rows:
+    return None
+  plot_path = workdir / runs.RATE_DISTORTION_PNG
+  curve = grouping.main_family(vae_rows)
+  left_out = [r["member"] for r in vae_rows if r not in curve]
+  plots.rate_distortion(curve, plot_path, title=(
+      f"{workdir.resolve().name}: {len(curve)} members, final epoch"
+      + (f" (other settings left out: {', '.join(left_out)})"
+         if left_out else "")))
+  return plot_path
 
 
 _COLUMNS = (  # (header, result field, format)

@@ -93,13 +93,16 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json())
 
 
-def read_config(workdir: str | os.PathLike,
-                defaults: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """The resolved config saved in a run directory; fields the library added
+def read_config(workdir: str | os.PathLike, defaults: Mapping[str, Any], *,
+                name: str = CONFIG_FILE) -> ml_collections.ConfigDict:
+  """The resolved config saved in a run directory (``name``: CONFIG_FILE,
+  or SWEEP_CONFIG_FILE in a sweep directory); fields the library added
   after the run was made take their value from ``defaults``."""
-  path = Path(workdir) / CONFIG_FILE
+  path = Path(workdir) / name
   if not path.exists():
-    raise RunError(f"{path} does not exist: {workdir} is not a run directory")
+    kind = "run" if name == CONFIG_FILE else "sweep"
+    raise RunError(f"{path} does not exist: {workdir} is not a {kind} "
+                   "directory")
   d = dict(defaults)
   d.update(json.loads(path.read_text()))  # fields newer than the run: defaults
   for key, value in d.items():

@@ -49,8 +49,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
     devices: devices to shard the member axis over (default: all).
 
   Returns:
-    One row per member (:func:`vae.report.member_row`): name, the swept
-    fields, final test metrics, rate/distortion, seconds, best epoch.
+    One row per member (:func:`vae.report.sweep_rows`, read back from the
+    member directories): name, the swept fields, final test metrics,
+    rate/distortion, status, seconds, best epoch.
   """
   named = grouping.members(config)
   workdir = Path(workdir)
@@ -58,19 +59,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
   runs.write_json_atomic(workdir / runs.SWEEP_CONFIG_FILE,
                          runs.config_to_dict(config))
   devices = jax.devices() if devices is None else devices
-  axes = grouping.axes(config)
-  rows = []
   for index, group in enumerate(grouping.groups(named)):
     names = [n for n, _ in group]
     desc = f"group {index + 1}: {len(group)} member(s)"
     log(f"{workdir}: {desc} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
-    summaries = train.fit_members([c for _, c in group],
-                                  [workdir / n for n in names],
-                                  devices=devices, progress=progress,
-                                  desc=desc, log=log, should_stop=should_stop)
-    for (name, member), summary in zip(group, summaries):
-      rows.append(report.member_row(name, member, axes, workdir / name,
-                                    summary))
+    train.fit_members([c for _, c in group], [workdir / n for n in names],
+                      devices=devices, progress=progress, desc=desc, log=log,
+                      should_stop=should_stop)
+  rows = report.sweep_rows(workdir, config)
   if config.eval_k > 0:
     add_evaluation(rows, workdir, config.eval_k, log)
   return rows

@@ -143,7 +143,8 @@ def fit_members(configs: list[ml_collections.ConfigDict],
         "fit_members: members differ in a field that is not traced; only "
         f"{TRACED_FIELDS} may differ (group the others with vae.sweep)")
   dataset = preprocess.load_dataset(configs[0])
-  configs = [_with_data_shape(c, dataset) for c in configs]
+  for config in configs:
+    _check_data_shape(config, dataset)
   first = configs[0]
   if dataset.train_images.shape[0] < first.batch_size:
     raise ConfigError(
@@ -157,10 +158,15 @@ def fit_members(configs: list[ml_collections.ConfigDict],
     return _train_group(configs, workdirs, dataset, devices, hooks)
 
 
-def _with_data_shape(config, dataset) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.data_shape = tuple(int(d) for d in dataset.image_shape)
-  return config
+def _check_data_shape(config, dataset) -> None:
+  """``config.data_shape`` describes the dataset's images; it is not a
+  setting, so anything else is refused (it used to be silently replaced)."""
+  shape = tuple(int(d) for d in dataset.image_shape)
+  if tuple(config.data_shape) != shape:
+    raise ConfigError(
+        f"config.data_shape={tuple(config.data_shape)!r} is not accepted: "
+        f"the images of dataset {config.dataset!r} are {shape}; data_shape "
+        "is the dataset's image shape (leave it unset)")
 
 
 def prepare_workdir(workdir: str | Path,
