@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench eval-quickstart clean
+.PHONY: run test test-slow bench eval-quickstart clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,13 @@ run: $(STAMP)
 	$(PY) scripts/train.py --config experiments/quickstart.py --workdir runs/quickstart
 	$(PY) scripts/sweep.py --config experiments/beta_sweep.py:small --workdir runs/beta_sweep_small
 
-# The test suite (CPU, offline).
+# The test suite (CPU, offline), and the long checks marked slow (minutes;
+# CI runs both).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py

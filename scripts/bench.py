@@ -19,6 +19,9 @@ _EPOCHS = flags.DEFINE_integer("epochs", 7, "Epochs timed after compilation (>= 
 _PRODUCTS = flags.DEFINE_bool("show_products", False, "Include each product's timing.")
 _SWEEP = flags.DEFINE_integer("sweep", 0, "If > 0: members of the sweep to time "
                               "against a single member.")
+_NUMERICS = flags.DEFINE_enum(
+    "numerics", "default", devices.NUMERICS,
+    "Numerics mode of the process (see vae/devices.py), as config.numerics.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "CPU devices to expose (0: one per core); a sweep's "
     "member axis is sharded over them.")
@@ -27,6 +30,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   with cli.user_errors():
+    devices.configure_numerics(_NUMERICS.value)
     devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     config = bench.bench_config([int(w) for w in _HIDDEN.value], _LATENT.value,
                                 _BATCH.value)

@@ -38,7 +38,7 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, data, evaluate, report, runs
+from vae import bench, cli, data, devices, evaluate, report, runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")
@@ -81,6 +81,7 @@ flags.register_multi_flags_validator(
 
 
 def _bench():
+  devices.configure_numerics("default")
   result = bench.iwae_benchmark(
       _WORKDIR.value, k=_K.value, num_examples=_BENCH_EXAMPLES.value,
       batch_size=_BATCH.value, chunk_size=_CHUNK.value, seed=_SEED.value,

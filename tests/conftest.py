@@ -1,12 +1,18 @@
-"""Shared pytest set-up: the fault-injection count (issue: "count them and
-print the count in the test output")."""
+"""Shared pytest set-up: the numerics mode of the process (before any test
+starts JAX), and the fault-injection count (issue: "count them and print the
+count in the test output")."""
 
+from vae import devices
+
+devices.configure_numerics("default")
 
 
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "fault: a fault-injection case (signals, kills, corruption, "
       "NaNs, races, unwritable paths, bad input)")
+  config.addinivalue_line(
+      "markers", "slow: a long check (minutes); .ci/run runs these too")
 
 
 def pytest_terminal_summary(terminalreporter):

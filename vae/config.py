@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from vae import data, likelihoods, models, runs
+from vae import data, devices, likelihoods, models, runs
 from vae.errors import ConfigError
 from vae.objectives import BERNOULLI_FORMS, KL_SCHEDULES, OBJECTIVES, REDUCTIONS
 from vae.optim import LR_SCHEDULES, ON_NAN, OPTIMIZERS
@@ -33,6 +33,7 @@ def default_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (a 784-400-20 Bernoulli MLP on mnist_5k)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # everything random derives from jax.random.key(seed)
+  c.numerics = "default"  # see vae.devices: XLA CPU flags of the process
 
   # Data.
   c.dataset = "mnist_5k"  # see vae.data.DATASETS
@@ -138,6 +139,7 @@ def validate(config: ml_collections.ConfigDict,
     _fail(extra[0], config[extra[0]], f"a known field; known: {sorted(known)}")
   _positive_int(config, "seed", 0)
   _choice(config, "dataset", datasets)
+  _choice(config, "numerics", devices.NUMERICS)
   _choice(config, "binarize", BINARIZE)
   _choice(config, "architecture", models.ARCHITECTURES)
   _choice(config, "activation", models.ACTIVATIONS)

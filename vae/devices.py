@@ -1,5 +1,16 @@
-"""Device placement: CPU cores as devices, the sharded member axis, and
-:class:`PerDevice`, which runs one single-device program per device.
+"""Device placement and process-level XLA set-up: the numerics mode, CPU
+cores as devices, the sharded member axis, and :class:`PerDevice`, which
+runs one single-device program per device.
+
+Numerics modes (``config.numerics``), set through ``XLA_FLAGS`` before JAX
+starts its CPU backend (:func:`configure_numerics`):
+
+* ``"default"``: XLA's own CPU code is capped at AVX (no FMA). With FMA, LLVM
+  contracts a multiply and an add into one fused multiply-add wherever two
+  ops share a fused kernel, and XLA fuses differently for different member
+  counts, so an optimizer step rounded differently in a sweep than alone.
+  Without it every element-wise op rounds once, whatever the fusion. The
+  matrix products still use the machine's fastest kernels.
 
 A sweep's members are stacked on a leading axis. With several devices that
 axis is sharded over a 1-D ``members`` mesh (:func:`member_sharding`), and
@@ -10,12 +21,66 @@ every device runs the *single-device* program on its own block of members
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 import jax
 import numpy as np
 
 from vae.errors import ConfigError
+
+NUMERICS = ("default",)
+_X86 = ("x86_64", "amd64", "i386", "i686")
+
+
+def numerics_flags(mode: str) -> tuple[str, ...]:
+  """The ``XLA_FLAGS`` entries of numerics ``mode`` on this machine (none
+  off x86, where the ISA names differ)."""
+  if mode not in NUMERICS:
+    raise ConfigError(f"config.numerics={mode!r} is not accepted: one of "
+                      f"{NUMERICS}")
+  if platform.machine().lower() not in _X86:
+    return ()
+  return ("--xla_cpu_max_isa=AVX",)
+
+
+def _backend_started() -> bool:
+  from jax._src import xla_bridge  # no public query of this
+  return xla_bridge.backends_are_initialized()
+
+
+def configure_numerics(mode: str) -> str:
+  """Set ``XLA_FLAGS`` for numerics ``mode`` (see the module docstring);
+  returns the resulting ``XLA_FLAGS``.
+
+  Must run before JAX starts its backend (the first computation or device
+  query); once started, the flags must already be in ``XLA_FLAGS``.
+
+  Raises:
+    ConfigError: an unknown mode; ``XLA_FLAGS`` sets one of the mode's
+      flags to another value; or the backend started without them.
+  """
+  wanted = numerics_flags(mode)
+  current = os.environ.get("XLA_FLAGS", "").split()
+  names = {f.split("=")[0]: f for f in current}
+  missing = []
+  for flag in wanted:
+    name = flag.split("=")[0]
+    if name in names and names[name] != flag:
+      raise ConfigError(
+          f"config.numerics={mode!r} needs {flag}, but XLA_FLAGS sets "
+          f"{names[name]}: unset it, or drop it from XLA_FLAGS")
+    if name not in names:
+      missing.append(flag)
+  if missing:
+    if _backend_started():
+      raise ConfigError(
+          f"config.numerics={mode!r} needs XLA_FLAGS={' '.join(missing)} "
+          "before JAX starts its backend, and it has already started: call "
+          f"vae.devices.configure_numerics({mode!r}) first thing (the "
+          "scripts do), or set XLA_FLAGS before starting Python")
+    os.environ["XLA_FLAGS"] = " ".join(current + missing)
+  return os.environ.get("XLA_FLAGS", "")
 
 
 def use_cpu_cores_as_devices(count: int = 0) -> int:

@@ -33,7 +33,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from vae import data, errors, preprocess, restore, rng, runs
+from vae import config as config_lib
+from vae import data, devices, errors, preprocess, restore, rng, runs
 from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         SAMPLE_BLOCK, chunk_layout, iwae_dataset)
 from vae.diagnostics import (ACTIVE_UNIT_THRESHOLD, KL_FLOOR,
@@ -267,6 +268,7 @@ def evaluate_run(workdir: str | Path, *, k: int = DEFAULT_K,
   t0 = time.perf_counter()
   workdir = Path(workdir)
   which = runs.parse_checkpoint(checkpoint)
+  devices.configure_numerics(config_lib.load_config(workdir).numerics)
   run = restore.load_run(workdir, which)
   images, described = eval_images(run.config, data_path)
   t1 = time.perf_counter()

@@ -23,20 +23,67 @@ ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "swish",
 ARCHITECTURES = ("mlp", "conv")
 
 
+# Member-count independence. A sweep vmaps the training step over a member
+# axis; a standalone run is the same program with a member axis of one,
+# which XLA squeezes away. Forward products and input gradients then give
+# every member the bits of its standalone run, but the parameter gradients
+# (products contracted over the batch rows) do not: XLA orients and blocks
+# the batched product differently from the squeezed one (measured on an
+# AVX2 CPU: last-bit differences that training amplifies to 0.1 nats). So
+# the two parameter-gradient products below are sequential_vmap functions:
+# under vmap they run as a loop over members of the very product a
+# standalone run computes, and a member's gradients are its standalone
+# run's, bit for bit, on any CPU.
+
+
+@jax.custom_batching.sequential_vmap
+def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a^T b`` over rows, ``[n, p]``, ``[n, q]`` -> ``[p, q]``: the kernel
+  gradient of ``a @ kernel`` for output cotangents ``b``. Vmapped, a loop
+  of this product (see the comment above)."""
+  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
+@jax.custom_batching.sequential_vmap
+def ones_product(ones: jax.Array, b: jax.Array) -> jax.Array:
+  """``ones [1, n] @ b [n, q]`` -> ``[1, q]``: the bias gradient (a sum over
+  rows as a product). Vmapped, a loop of this product."""
+  return jax.lax.dot_general(ones, b, (((1,), (0,)), ((), ())))
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``x [..., in] @ kernel [in, out]``, whose kernel gradient is
+  :func:`rows_product` (member-count independent under vmap)."""
+  return x @ kernel
+
+
+def _matmul_fwd(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _matmul_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = jax.lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
+  dkernel = rows_product(x.reshape(-1, x.shape[-1]),
+                         dy.reshape(-1, dy.shape[-1]))
+  return dx, dkernel
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 @jax.custom_vjp
 def bias_add(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """``y + bias`` whose bias gradient is a batched matrix product.
+  """``y + bias`` whose bias gradient is a matrix product.
 
   Autodiff's bias gradient is a sum over the batch, and XLA emits that
   reduction differently for different numbers of vmapped sweep members (and
   fuses it with the element-wise ops that produce ``dy``, rounding them
   differently), so a member would not match its standalone run to the bit.
-  Here it is ``ones [1, n] @ dy [n, F]``, with the ones derived from the
-  bias itself so that, under ``vmap``, they carry the member axis too: the
-  product is then one batched matrix product, which gives each member the
-  same result whatever the member count (an unbatched ``ones`` would be
-  folded into a product over all members at once, with a transposed copy
-  of ``dy``).
+  Here it is ``ones [1, n] @ dy [n, F]`` (:func:`ones_product`), with the
+  ones derived from the bias itself (NaN if the bias is not finite, when the
+  step is non-finite anyway).
   """
   return y + bias
 
@@ -47,11 +94,9 @@ def _bias_add_fwd(y, bias):
 
 def _bias_add_bwd(bias_head, dy):
   rows = dy.reshape(-1, dy.shape[-1])
-  # [1] ones with the bias's batch axes (NaN if the bias is not finite, when
-  # the step is non-finite anyway).
   one = bias_head * 0.0 + 1.0
   ones = jnp.broadcast_to(one[None, :], (1, rows.shape[0]))
-  return dy, (ones @ rows)[0]
+  return dy, ones_product(ones, rows)[0]
 
 
 bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
@@ -59,7 +104,8 @@ bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 
 class Dense(nn.Module):
   """``x @ kernel + bias`` (flax's parameter names and initialisers), with
-  the member-count-independent bias gradient of :func:`bias_add`."""
+  the member-count-independent gradients of :func:`matmul` and
+  :func:`bias_add`."""
 
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
@@ -69,7 +115,7 @@ class Dense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
-    return bias_add(x @ kernel, bias)
+    return bias_add(matmul(x, kernel), bias)
 
 
 def hidden_layer(h: jax.Array, width: int, activation: str, batch_norm: bool,

@@ -41,7 +41,6 @@ DPI = 100
 # Deprecated aliases (one release): names that moved out of this module.
 _MOVED = {
     "plot_run": "vae.figures", "plot_sweep": "vae.figures",
-    "evaluate_member": "vae.figures",
     "load_test_set": "vae.preprocess", "HeldOut": "vae.preprocess",
     "normal_quantiles": "vae.images", "FIGURES_DIR": "vae.runs",
     "PICK_STREAM": "vae.rng", "RECON_STREAM": "vae.rng",

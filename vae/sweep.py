@@ -21,6 +21,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
+from vae import devices as devices_lib
 from vae import errors, evaluate, grouping, report, runs, train
 
 # Deprecated aliases (one release): names that moved out of this module.
@@ -54,6 +55,12 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
     rate/distortion, status, seconds, best epoch.
   """
   named = grouping.members(config)
+  modes = sorted({c.numerics for _, c in named})
+  if len(modes) > 1:
+    raise errors.ConfigError(
+        f"config.sweep sets numerics to {modes}: not accepted, the members "
+        "of one sweep process share its XLA flags (run one sweep per mode)")
+  devices_lib.configure_numerics(modes[0])
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   runs.write_json_atomic(workdir / runs.SWEEP_CONFIG_FILE,

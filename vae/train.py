@@ -138,6 +138,7 @@ def fit_members(configs: list[ml_collections.ConfigDict],
     raise ValueError("fit_members needs one workdir per config")
   for config in configs:
     config_lib.validate(config)
+  devices_lib.configure_numerics(configs[0].numerics)
   if len({grouping.static_signature(c) for c in configs}) > 1:
     raise ConfigError(
         "fit_members: members differ in a field that is not traced; only "

@@ -59,9 +59,15 @@ def make_trainer(config: ml_collections.ConfigDict, num_train: int,
       train_epoch, model=model, optimizer=optimizer,
       batch_size=config.batch_size, binarize=config.binarize,
       objective=Objective.from_config(config))
-  eval_fn = functools.partial(bounds.dataset_elbo_terms, model=model,
-                              batch_size=config.eval_batch_size,
-                              objective=config.objective)
+  # Members are evaluated one after another (sequential_vmap: a loop under
+  # vmap): vmapped, the test batch every member shares would become one
+  # product with all members' weights at once, and each member's test ELBO
+  # would differ from its standalone run's in the last bits.
+  eval_fn = jax.custom_batching.sequential_vmap(functools.partial(
+      bounds.dataset_elbo_terms, model=model,
+      batch_size=config.eval_batch_size, objective=config.objective))
+  if not members_batch_safely(config):
+    epoch_fn = jax.custom_batching.sequential_vmap(epoch_fn)
   init_fn = jax.jit(jax.vmap(init))
   epoch_fn = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None, None, 0, 0)),
                      donate_argnums=0)
@@ -70,6 +76,20 @@ def make_trainer(config: ml_collections.ConfigDict, num_train: int,
     init_fn, epoch_fn, eval_fn = (devices_lib.PerDevice(fn, devices)
                                   for fn in (init_fn, epoch_fn, eval_fn))
   return Trainer(model, optimizer, init_fn, epoch_fn, eval_fn)
+
+
+def members_batch_safely(config: ml_collections.ConfigDict) -> bool:
+  """Whether a group of this config trains its members as one batched
+  (vmapped) program and still gives each member its standalone bits.
+
+  True for MLPs without batch norm: their parameter-gradient products are
+  member-count independent (:func:`vae.models.rows_product`). Convolutions
+  (vmapped, XLA folds members into feature groups) and batch statistics
+  (batch reductions emitted per member count) are not, so those groups run
+  their members one after another, each through the standalone program
+  (``sequential_vmap``): slower for large sweeps, bitwise by construction.
+  """
+  return config.architecture == "mlp" and not config.batch_norm
 
 
 class Group(NamedTuple):
