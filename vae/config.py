@@ -15,7 +15,8 @@ import ml_collections
 
 from vae import data, devices, likelihoods, models, runs
 from vae.errors import ConfigError
-from vae.objectives import BERNOULLI_FORMS, KL_SCHEDULES, OBJECTIVES, REDUCTIONS
+from vae.objectives import (BERNOULLI_FORMS, IWAE_GRADIENTS, KL_SCHEDULES,
+                            OBJECTIVES, REDUCTIONS)
 from vae.optim import LR_SCHEDULES, ON_NAN, OPTIMIZERS
 
 BINARIZE = ("none", "dynamic", "static")
@@ -55,7 +56,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.learn_scale = False  # Gaussian: learn a per-pixel log-scale instead
 
   # Objective.
-  c.objective = "vae"  # "vae" | "autoencoder" (the deterministic baseline)
+  c.objective = "vae"  # "vae" | "autoencoder" (the deterministic baseline) | "iwae"
+  c.num_samples = 1  # k posterior draws per example (vae: mean of k ELBOs; iwae: k-sample bound)
+  c.iwae_gradient = "standard"  # iwae: "standard" | "dreg" (Tucker et al. 2019)
   c.beta = 1.0  # KL weight (its final value under a schedule)
   c.kl_schedule = "constant"  # "constant" | "linear" | "cyclical"
   c.kl_warmup_epochs = 0.0  # linear: epochs to ramp the KL weight 0 -> beta
@@ -148,6 +151,7 @@ def validate(config: ml_collections.ConfigDict,
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "objective", OBJECTIVES)
   _choice(config, "kl_schedule", KL_SCHEDULES)
+  _choice(config, "iwae_gradient", IWAE_GRADIENTS)
   _choice(config, "on_nan", ON_NAN)
   _choice(config, "reduction", REDUCTIONS)
   _choice(config, "bernoulli_form", BERNOULLI_FORMS)
@@ -160,6 +164,24 @@ def validate(config: ml_collections.ConfigDict,
     _fail("batch_norm", config.batch_norm,
           f"False unless architecture='mlp' (it is {config.architecture!r})")
   _positive_int(config, "max_skipped_steps")
+  _positive_int(config, "num_samples")
+  if config.objective == "autoencoder" and config.num_samples != 1:
+    _fail("num_samples", config.num_samples,
+          "1 when objective='autoencoder' (it draws nothing)")
+  if config.iwae_gradient != "standard" and not (
+      config.objective == "iwae" and config.num_samples > 1):
+    _fail("iwae_gradient", config.iwae_gradient,
+          "'standard' unless objective='iwae' with num_samples > 1 (it is "
+          f"{config.objective!r} with num_samples={config.num_samples})")
+  if config.objective == "iwae":
+    # The bound is log p(x) lower-bounded: a KL weight, free bits or a KL
+    # schedule would make it another objective; refused rather than guessed.
+    for field, neutral in (("beta", 1.0), ("free_bits", 0.0),
+                           ("kl_schedule", "constant"), ("reduction", "sum")):
+      if config[field] != neutral:
+        _fail(field, config[field], f"{neutral!r} when objective='iwae' (the "
+              "importance-weighted bound has no KL weight, free bits, KL "
+              "schedule or reduction demonstration)")
   _positive_int(config, "eval_k", 0)
   _positive_int(config, "latent_dim")
   _positive_int(config, "num_epochs")

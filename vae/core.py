@@ -142,25 +142,38 @@ def train_terms(params, batch_stats, x: jax.Array, key: jax.Array | None, *,
   Returns:
     (ElboTerms, new batch_stats).
   """
-  mutable = ["batch_stats"] if batch_stats else False
-  collections = {"params": params, **({"batch_stats": batch_stats}
-                                      if batch_stats else {})}
-
-  def apply(fn_input, method):
-    out = model.apply(collections, fn_input, True, method=method,
-                      mutable=mutable)
-    if mutable:
-      out, updated = out
-      collections["batch_stats"] = updated["batch_stats"]
-    return out
-
-  posterior = Posterior(*apply(x, VAE.encode))
+  posterior, batch_stats = train_encode(params, batch_stats, x, model=model)
   z = posterior.mean if key is None else sample(key, posterior)
+  decoded, batch_stats = train_decode(params, batch_stats, z, model=model)
   log_lik = likelihoods.log_likelihood(likelihood or model.likelihood,
-                                       apply(z, VAE.decode), x)
+                                       decoded, x)
   kl = (jnp.zeros_like(posterior.mean) if key is None
         else kl_per_dim(posterior))
-  return ElboTerms(log_lik, kl, posterior), collections.get("batch_stats", {})
+  return ElboTerms(log_lik, kl, posterior), batch_stats
+
+
+def _train_apply(params, batch_stats, inputs, method, model: VAE):
+  """``model.apply`` in training mode; returns (output, new batch_stats)."""
+  if not batch_stats:
+    return model.apply({"params": params}, inputs, True, method=method), {}
+  out, updated = model.apply({"params": params, "batch_stats": batch_stats},
+                             inputs, True, method=method,
+                             mutable=["batch_stats"])
+  return out, updated["batch_stats"]
+
+
+def train_encode(params, batch_stats, x: jax.Array, *, model: VAE
+                 ) -> tuple[Posterior, Any]:
+  """q(z | x) in training mode: ``(Posterior, new batch_stats)``."""
+  (mean, logvar), batch_stats = _train_apply(params, batch_stats, x,
+                                             VAE.encode, model)
+  return Posterior(mean, logvar), batch_stats
+
+
+def train_decode(params, batch_stats, z: jax.Array, *, model: VAE):
+  """Natural parameters of p(x | z) in training mode (any leading axes of
+  ``z``, e.g. ``[k, B, L]`` for k draws): ``(params, new batch_stats)``."""
+  return _train_apply(params, batch_stats, z, VAE.decode, model)
 
 
 def metrics_from_terms(log_likelihood, kl_per_dim, beta, num_data_dims: int,

@@ -36,7 +36,22 @@ ARCHITECTURES = ("mlp", "conv")
 # run's, bit for bit, on any CPU.
 
 
-@jax.custom_batching.sequential_vmap
+def member_by_member(f):
+  """``f`` whose vmap is ``f`` applied to each member in turn, unrolled: M
+  separate calls of the unbatched ``f``, stacked (a ``lax.map`` loop would
+  cost a loop per product and step; M is small and static)."""
+  f = jax.custom_batching.custom_vmap(f)
+
+  @f.def_vmap
+  def rule(axis_size, in_batched, *args):
+    outs = [f(*(a[i] if batched else a for a, batched in zip(args, in_batched)))
+            for i in range(axis_size)]
+    return jnp.stack(outs), True
+
+  return f
+
+
+@member_by_member
 def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
   """``a^T b`` over rows, ``[n, p]``, ``[n, q]`` -> ``[p, q]``: the kernel
   gradient of ``a @ kernel`` for output cotangents ``b``. Vmapped, a loop
@@ -44,7 +59,7 @@ def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
   return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
 
 
-@jax.custom_batching.sequential_vmap
+@member_by_member
 def ones_product(ones: jax.Array, b: jax.Array) -> jax.Array:
   """``ones [1, n] @ b [n, q]`` -> ``[1, q]``: the bias gradient (a sum over
   rows as a product). Vmapped, a loop of this product."""

@@ -12,6 +12,8 @@ draws::
              shuffle  = fold_in(epoch_key, SHUFFLE_STREAM=0)
              steps    = fold_in(epoch_key, STEPS_STREAM=1)
              step_key = fold_in(steps, step) -> split -> (binarize, sample)
+               k-sample objectives: draw 0 uses sample itself, draw j >= 1
+               fold_in(sample, j) (draw_keys; k = 1 is the one-sample draw)
     eval   fold_in(root, EVAL_STREAM=2)    test ELBO: batch b samples with
                                            fold_in(eval, b), the same every
                                            epoch; TensorBoard's per-epoch
@@ -81,6 +83,14 @@ def step_keys(steps_key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
   binarize_key, sample_key = jax.random.split(jax.random.fold_in(steps_key,
                                                                  step))
   return binarize_key, sample_key
+
+
+def draw_keys(sample_key: jax.Array, k: int) -> jax.Array:
+  """``[k]`` keys of a k-sample objective's draws: ``sample_key`` itself for
+  draw 0 and ``fold_in(sample_key, j)`` for draw j >= 1, so the draws of k
+  are the first k of any larger k, and k = 1 is the one-sample draw."""
+  rest = [jax.random.fold_in(sample_key, j) for j in range(1, k)]
+  return jax.numpy.stack([sample_key, *rest])
 
 
 def batch_key(eval_key: jax.Array, batch_index) -> jax.Array:

@@ -71,8 +71,9 @@ def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Arra
   Returns:
     The new state and the epoch's per-example terms, for
     :func:`vae.objectives.epoch_metrics`: ``log_likelihood`` ``[steps, B]``,
-    ``kl_per_dim`` ``[steps, B, latent_dim]``, ``kl_weight`` ``[steps]`` and
-    ``finite`` ``[steps]``. Metrics are reduced from these on the host, in
+    ``kl_per_dim`` ``[steps, B, latent_dim]``, ``kl_weight`` ``[steps]``,
+    ``finite`` ``[steps]`` and, for k-sample objectives, ``bound``
+    ``[steps, B]``. Metrics are reduced from these on the host, in
     float64, so that they do not depend on how XLA emits a reduction for a
     given number of sweep members.
   """
@@ -94,11 +95,10 @@ def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Arra
     epochs_done = (epoch - 1) + step / num_steps
     # Non-finite steps are flagged inside the compiled loop and read once,
     # with the epoch's other outputs: no host sync per step.
-    new_state, (log_lik, kl_per_dim), finite = train_step(
+    new_state, terms, finite = train_step(
         state, x, sample_key, settings, epochs_done, model=model,
         optimizer=optimizer, objective=objective)
-    return new_state, {"log_likelihood": log_lik, "kl_per_dim": kl_per_dim,
-                       "kl_weight": kl_weight(settings, epochs_done),
+    return new_state, {**terms, "kl_weight": kl_weight(settings, epochs_done),
                        "finite": finite}
 
   return jax.lax.scan(body, state, (jnp.arange(num_steps), batches))

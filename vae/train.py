@@ -286,7 +286,7 @@ def member_record(outputs: EpochOutputs, index: int,
   num_data_dims = math.prod(config.data_shape)
   train_metrics = epoch_metrics(
       {k: v[index] for k, v in outputs.train_terms.items()}, config.free_bits,
-      num_data_dims)
+      num_data_dims, loss_is_negative_bound=config.objective == "iwae")
   test_metrics = dataset_metrics(outputs.test_log_likelihood[index],
                                  outputs.test_kl_per_dim[index], config.beta,
                                  num_data_dims)
