@@ -69,7 +69,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -209,13 +209,16 @@ class Checkpoints:
   Keeps the latest `keep_latest` checkpoints and the best `keep_best` by a metric
   (`best_metric`, default 'test_elbo'; `best_mode` 'max': higher is better, 'min':
   lower is better). Checkpoints whose metric is missing or not finite never count
-  as best. Retention is Orbax's: ``preservation_policies.AnyPreservationPolicy(
-  [LatestN(keep_latest), BestN(keep_best)])``, applied after each save.
+  as best. ``keep_epochs``: epochs kept whenever they are saved (e.g. the
+  stage boundaries of a schedule, for later evaluation). Retention is
+  Orbax's: ``preservation_policies.AnyPreservationPolicy([LatestN(
+  keep_latest), BestN(keep_best), CustomSteps(keep_epochs)])``, applied
+  after each save.
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep_latest: int = 3,
                keep_best: int = 1, best_metric: str = "test_elbo",
-               best_mode: str = "max"):
+               best_mode: str = "max", keep_epochs: Sequence[int] = ()):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if keep_latest < 0 or keep_best < 0 or keep_latest + keep_best < 1:
@@ -240,6 +243,9 @@ class Checkpoints:
       keep.append(policies.BestN(get_metric_fn=self._rank, n=self.keep_best,
                                  reverse=False,  # ascending by _rank: keep the top
                                  keep_checkpoints_without_metrics=False))
+    self.keep_epochs = tuple(int(e) for e in keep_epochs)
+    if self.keep_epochs:
+      keep.append(policies.CustomSteps(steps=list(self.keep_epochs)))
     try:
       self._ckptr = ocp.training.Checkpointer(
           self.directory,

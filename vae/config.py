@@ -87,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.keep_checkpoints = 3  # latest N kept (plus the best by test ELBO)
   c.checkpoint_every_epochs = 1
+  c.keep_epochs = ()  # epochs whose checkpoints are always kept (e.g. stage boundaries)
   c.eval_k = 0  # sweeps: > 0 adds the IWAE NLL (k draws), active units, MI
   return c
 
@@ -189,6 +190,9 @@ def validate(config: ml_collections.ConfigDict,
   _positive_int(config, "eval_batch_size")
   _positive_int(config, "keep_checkpoints")
   _positive_int(config, "checkpoint_every_epochs")
+  if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1
+             for e in config.keep_epochs):
+    _fail("keep_epochs", config.keep_epochs, "a tuple of epochs >= 1")
   _positive_int(config, "warmup_epochs", 0)
   widths = tuple(config.hidden_sizes)
   if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):

@@ -209,7 +209,8 @@ def _train_group(configs, workdirs, dataset, devices, hooks: Hooks
                                for x in (train_images, test_images))
   ckpts = [checkpoint.Checkpoints(w / runs.CHECKPOINT_DIR,
                                   keep_latest=first.keep_checkpoints,
-                                  keep_best=1, best_metric="test_elbo")
+                                  keep_best=1, best_metric="test_elbo",
+                                  keep_epochs=first.keep_epochs)
            for w in workdirs]
   group = _Group(configs, workdirs, ckpts, compiled, train_images, test_images)
   try:
@@ -390,7 +391,7 @@ def _run_epochs(group: _Group, state, resumed_from: int | None,
       state = outputs.state
       stop_reason = hooks.should_stop()
       save = (epoch % first.checkpoint_every_epochs == 0 or epoch == total
-              or stop_reason is not None)
+              or epoch in first.keep_epochs or stop_reason is not None)
       member_states = jax.device_get(state) if save else None
       for i, workdir in enumerate(workdirs):
         if i in diverged:
