@@ -3,6 +3,11 @@
   python scripts/bench.py                     # one epoch vs its matmul floor: 784-400-20, batch 128, 10,000 examples
   python scripts/bench.py --sweep 16          # a 16-member sweep epoch / a single-member epoch, same model and data
   python scripts/bench.py --sweep 16 --hidden 64 --latent_dim 2 --batch_size 32
+  python scripts/bench.py --hidden 200,200 --latent_dim 50 --batch_size 20 --activation tanh --binarize dynamic --num_examples 6000
+
+epoch_over_floor: the epoch against XLA's own products timed alone;
+epoch_over_hardware: against the step's product FLOPs at the machine's peak
+float32 product rate (2048^3, best of 7, all cores), measured in the run.
 """
 
 import json
@@ -13,6 +18,8 @@ from vae import bench, cli, devices
 
 _HIDDEN = flags.DEFINE_list("hidden", ["400"], "MLP hidden widths.")
 _LATENT = flags.DEFINE_integer("latent_dim", 20, "Latent size.")
+_ACTIVATION = flags.DEFINE_string("activation", "relu", "Hidden units' activation (relu, tanh, ...).")
+_BINARIZE = flags.DEFINE_string("binarize", None, "Binarisation (none, static, dynamic); default: the config's.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _EXAMPLES = flags.DEFINE_integer("num_examples", 10_000, "Examples per epoch.")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Epochs timed after compilation (>= 5).")
@@ -32,8 +39,9 @@ def main(argv):
   with cli.user_errors():
     devices.configure_numerics(_NUMERICS.value)
     devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
-    config = bench.bench_config([int(w) for w in _HIDDEN.value], _LATENT.value,
-                                _BATCH.value)
+    config = bench.bench_config(bench.parse_widths(_HIDDEN.value),
+                                _LATENT.value, _BATCH.value, _ACTIVATION.value,
+                                _BINARIZE.value)
     if _SWEEP.value > 0:
       result = bench.sweep_benchmark(_SWEEP.value, config, _EXAMPLES.value,
                                      max(5, _EPOCHS.value))

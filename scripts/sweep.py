@@ -7,7 +7,14 @@ checkpoints). Re-running resumes an interrupted sweep. At the end a table is
 printed and sweep.csv, sweep.json and rate_distortion.png are written.
 """
 
-from absl import app, flags
+import os
+import signal
+
+# Until training takes over SIGTERM (vae.cli.stop_on_signals), a SIGTERM
+# during start-up (the imports) exits 75 at once: nothing has been written.
+signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protected-access
+
+from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 from vae import cli, devices, report, sweep

@@ -6,7 +6,14 @@
 Re-running on an existing workdir resumes from its latest checkpoint.
 """
 
-from absl import app, flags
+import os
+import signal
+
+# Until training takes over SIGTERM (vae.cli.stop_on_signals), a SIGTERM
+# during start-up (the imports) exits 75 at once: nothing has been written.
+signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protected-access
+
+from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 from vae import cli, report, runs, train

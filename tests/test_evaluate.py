@@ -609,3 +609,15 @@ def test_real_mnist_test_set(tiny_run):
   assert result["num_examples"] == 10000
   assert np.isfinite(result["nll_nats"]) and result["split"] is None
   assert result["file"] == "eval_t10k-images-idx3-ubyte.json"
+
+
+def test_mi_note_says_what_an_estimate_above_log_m_means():
+  from vae import evaluate as evaluate_lib
+  base = {"mutual_information_max": 4.61, "mutual_information_batch_size": 100}
+  assert evaluate_lib._mi_notes({**base, "mutual_information": 3.0}) == []
+  near, = evaluate_lib._mi_notes({**base, "mutual_information": 4.4})
+  assert "is near its ceiling log M = 4.610 (M = 100 examples)" in near
+  above, = evaluate_lib._mi_notes({**base, "mutual_information": 5.37})
+  assert "5.370 nats is above its ceiling log M = 4.610" in above
+  assert "near its ceiling" not in above
+  assert "Monte Carlo error" in above and "I(x; z) >= about log M" in above

@@ -223,6 +223,13 @@ BAD_CLI = [
     (["--config.learn_scale=True"], "config.learn_scale=True"),
     (["--config.dataset=imagenet"], "config.dataset='imagenet'"),
     (["--config.on_nan=ignore"], "config.on_nan='ignore'"),
+    # Refused before anything trains (they used to cost an epoch, then
+    # "diverged", or an OverflowError traceback).
+    (["--config.beta=inf"], "config.beta=inf"),
+    (["--config.learning_rate=inf"], "config.learning_rate=inf"),
+    (["--config.free_bits=inf"], "config.free_bits=inf"),
+    (["--config.seed=2147483648"], "config.seed=2147483648 is not accepted: an integer in [0, 2147483647]"),
+    (["--config.seed=99999999999999999999"], "config.seed=99999999999999999999"),
 ]
 
 
@@ -230,9 +237,10 @@ BAD_CLI = [
 def test_bad_command_line_values_give_one_clear_line(tmp_path, args, fragment):
   out = subprocess.run(TRAIN + args + ["--workdir", str(tmp_path / "run")], env=ENV,
                        capture_output=True, text=True)
-  assert out.returncode != 0
+  assert out.returncode == 2, out.stderr
   assert fragment in out.stderr
   assert "Traceback" not in out.stderr
+  assert not (tmp_path / "run" / runs.METRICS_FILE).exists()  # nothing trained
 
 
 def test_data_files_with_bad_values_are_refused(tmp_path):
@@ -267,3 +275,147 @@ def test_every_run_records_its_provenance(tmp_path):
   assert record["python"] and record["platform"] and record["devices"]
   assert "git_commit" in record and "git_dirty" in record
   assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 2
+
+
+# -- issue 16: faults found as a new user ------------------------------------
+
+
+def test_refused_second_process_writes_nothing_into_the_live_run(tmp_path):
+  workdir = tmp_path / "run"
+  first = _start(workdir, epochs=400)
+  try:
+    _wait_for_epochs(workdir, 1, first)
+    before = {f: (workdir / f).read_bytes()
+              for f in (runs.CONFIG_FILE, runs.PROVENANCE_FILE)}
+    second = subprocess.run(TRAIN + ["--config.num_epochs=200", "--workdir",
+                                     str(workdir)], env=ENV,
+                            capture_output=True, text=True)
+    assert second.returncode == 2
+    assert f"pid {first.pid}" in second.stderr
+    # The lock is taken before anything is written: the live run's config
+    # still says 400 epochs, its provenance is its own.
+    assert {f: (workdir / f).read_bytes() for f in before} == before
+    assert json.loads(before[runs.CONFIG_FILE])["num_epochs"] == 400
+  finally:
+    first.kill()
+    first.wait()
+
+
+def test_fewer_epochs_than_a_finished_run_has_leave_its_config_alone(tmp_path):
+  train.fit(tiny(num_epochs=3), tmp_path, progress=False, log=_quiet)
+  config = (tmp_path / runs.CONFIG_FILE).read_bytes()
+  said = []
+  summary = train.fit(tiny(num_epochs=2), tmp_path, progress=False,
+                      log=said.append)
+  assert summary["already_finished"] and summary["epoch"] == 3
+  assert (tmp_path / runs.CONFIG_FILE).read_bytes() == config
+  assert any("has 3 epochs, more than num_epochs=2" in s and
+             "left as it is" in s for s in said), said
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_loses_nothing(tmp_path):
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs",
+                     str(disk)], capture_output=True).returncode != 0:
+    pytest.skip("needs permission to mount a small tmpfs (a full disk)")
+  try:
+    # The quickstart model: one checkpoint (params and Adam moments) is
+    # about 7.6 MB, so the first or second save fills the 6 MB disk.
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--config",
+            str(REPO / "experiments" / "quickstart.py"), "--noprogress",
+            "--config.num_epochs=4", "--workdir", str(disk / "run")]
+    out = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr[-3000:]
+    assert "No space left on device" in lines[0], lines[0]
+    # Nothing was lost: what had been recorded is intact and a re-run on a
+    # disk with room resumes (metrics are cut back to the kept checkpoint).
+    assert runs.read_metrics(disk / "run")
+  finally:
+    subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("script", ["train.py", "sweep.py"])
+def test_a_missing_config_file_is_one_line(tmp_path, script):
+  # A relative path, run from another directory than the repository.
+  out = subprocess.run([sys.executable, str(REPO / "scripts" / script),
+                        "--config", "experiments/nonexistent.py", "--workdir",
+                        str(tmp_path / "run")], env=ENV, cwd=tmp_path,
+                       capture_output=True, text=True)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "error: bad command-line flag: --config: [Errno 2] No such file or "
+      "directory: 'experiments/nonexistent.py'"]
+
+
+def test_a_byte_flipped_gzip_file_is_one_data_error(tmp_path):
+  path = tmp_path / "t10k-images-idx3-ubyte.gz"
+  data.save_idx(path, np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28) % 7)
+  raw = bytearray(path.read_bytes())
+  raw[len(raw) // 2] ^= 0xFF  # inside the deflate stream
+  path.write_bytes(bytes(raw))
+  with pytest.raises(data.DataError, match="invalid gzip data"):
+    data.read_idx(path)
+  out = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
+                        "--workdir", str(tmp_path), "--data", str(path)],
+                       env=ENV, capture_output=True, text=True)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_second_sigterm_stops_at_once_with_75_and_no_traceback(tmp_path):
+  workdir = tmp_path / "run"
+  proc = _start(workdir, epochs=400)
+  _wait_for_epochs(workdir, 1, proc)
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err
+  assert "Traceback" not in err and "stopped at once by a second SIGTERM" in err
+  # What was checkpointed resumes: the run is not damaged.
+  out = subprocess.run(TRAIN + ["--config.num_epochs=2", "--workdir",
+                                str(workdir)], env=ENV, capture_output=True,
+                       text=True)
+  assert out.returncode == 0, out.stderr
+
+
+def test_a_sigterm_during_start_up_exits_75(tmp_path):
+  proc = _start(tmp_path / "run", epochs=3)
+  time.sleep(1.0)  # importing jax takes longer: this is start-up
+  assert proc.poll() is None
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 75, err
+  assert "Traceback" not in err
+
+
+def test_help_lists_the_config_fields_with_defaults_and_exits_0():
+  out = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"),
+                        "--help"], env=ENV, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  defaults = config_lib.default_config()
+  for field in defaults:
+    assert f"--config.{field}  (default: {defaults[field]!r})" in out.stdout
+
+
+def test_bench_rejects_a_bad_hidden_width_in_one_line():
+  out = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"),
+                        "--hidden", "64,x"], env=ENV, capture_output=True,
+                       text=True)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "error: --hidden='64,x' is not accepted: comma-separated positive "
+      "integers, e.g. 200,200"]
+
+
+def test_the_best_epoch_always_has_a_checkpoint(tmp_path):
+  # Checkpoints every 10 epochs, a noisy learning rate: whichever epoch is
+  # best by test ELBO is saved when it happens and kept (BestN(1)).
+  train.fit(tiny(num_epochs=6, learning_rate=3e-2, checkpoint_every_epochs=10),
+            tmp_path, progress=False, log=_quiet)
+  records = runs.read_metrics(tmp_path)
+  best = max(records, key=lambda r: r["test_elbo"])["epoch"]
+  assert checkpoint.best_epoch_on_disk(tmp_path / runs.CHECKPOINT_DIR) == best
+  assert restore.load_run(tmp_path, "best").epoch == best

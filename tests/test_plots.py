@@ -331,3 +331,82 @@ def test_logger_writes_readable_events(tmp_path, run2d):
   assert [(i.width, i.height) for i in images] == [(10 * 29 + 1, 6 * 29 + 1)]
   tensorboard.export_run(run2d)  # a second export replaces the first
   assert len(list(logdir.glob("*" + tensorboard.EXPORT_SUFFIX))) == 1
+
+
+@pytest.fixture
+def no_clipped_text(monkeypatch):
+  """Every figure saved while active must keep all its text on the canvas
+  (plots.texts_outside_canvas); the offenders are collected by file."""
+  clipped = {}
+  save = plots._save
+
+  def checked_save(fig, path):
+    outside = plots.texts_outside_canvas(fig)
+    if outside:
+      clipped[Path(path).name] = outside
+    return save(fig, path)
+
+  monkeypatch.setattr(plots, "_save", checked_save)
+  return clipped
+
+
+def test_no_text_leaves_the_canvas(run2d, sweep, tmp_path, no_clipped_text):
+  figures.plot_run(run2d, seed=0, out_dir=tmp_path / "run")
+  demo = tmp_path / "sweep"
+  shutil.copytree(sweep, demo)
+  broken = demo / "BROKEN_mean_pixels_demo"  # labelled by its name
+  shutil.copytree(demo / "b2_s0", broken)
+  config = json.loads((broken / runs.CONFIG_FILE).read_text())
+  config["reduction"], config["beta"] = "mean_pixels", 1.0
+  runs.write_json_atomic(broken / runs.CONFIG_FILE, config)
+  figures.plot_sweep(demo, seed=0, tsne_points=100)
+  rows = [{"beta": b, "seed": 0, "rate": r, "distortion": d}
+          for b, r, d in ((0.1, 12.0, 160.0), (1.0, 6.0, 170.0),
+                          (8.0, 2.0, 185.0), (16.0, 1.0, 190.0))]
+  plots.rate_distortion(rows, tmp_path / "rd.png")
+  assert no_clipped_text == {}
+
+
+def test_latent_scatter_picks_a_vae_by_name_never_a_demonstration(
+    sweep, tmp_path, monkeypatch):
+  """A BROKEN demonstration member at beta = 1 (closest to 1, and first by
+  name) is never the scatter's "VAE"; the panel is labelled by member name."""
+  demo = tmp_path / "sweep"
+  shutil.copytree(sweep, demo)
+  broken = demo / "BROKEN_mean_pixels_demo"
+  shutil.copytree(demo / "b2_s0", broken)
+  config = json.loads((broken / runs.CONFIG_FILE).read_text())
+  config["reduction"], config["beta"] = "mean_pixels", 1.0
+  runs.write_json_atomic(broken / runs.CONFIG_FILE, config)
+  drawn = {}
+  scatter = plots.latent_scatter
+
+  def recording(*args, **kwargs):
+    drawn["names"] = kwargs["names"]
+    return scatter(*args, **kwargs)
+
+  monkeypatch.setattr(plots, "latent_scatter", recording)
+  figures.plot_sweep(demo, seed=0, tsne_points=100)
+  # betas 0.5 and 2 are equally far from 1 in log; the lower beta wins, its
+  # lowest seed; then the autoencoder member by its name.
+  assert drawn["names"] == ("b0.5_s0 (VAE, beta=0.5)", "ae (autoencoder)")
+
+
+def test_rate_distortion_gives_rate_and_distortion_their_own_axes(
+    tmp_path, monkeypatch):
+  saved = {}
+  save = plots._save
+  monkeypatch.setattr(plots, "_save",
+                      lambda fig, path: saved.setdefault("fig", fig) and save(fig, path))
+  rows = [{"beta": b, "seed": 0, "rate": r, "distortion": d}
+          for b, r, d in ((0.5, 9.0, 160.0), (2.0, 3.0, 180.0))]
+  plots.rate_distortion(rows, tmp_path / "rd.png")
+  fig = saved["fig"]
+  # RD plane, its beta colour bar, and rate/distortion on twin y axes.
+  labels = sorted(ax.get_ylabel() for ax in fig.axes)
+  assert labels == ["beta (member colour)", "distortion (nats per example)",
+                    "distortion: mean -log p(x|z) (nats)",
+                    "rate (nats per example)"]
+  rate_ax = next(a for a in fig.axes if a.get_ylabel().startswith("rate"))
+  lo, hi = rate_ax.get_ylim()
+  assert lo < 3.0 and hi > 9.0 and hi - lo < 20  # the rate's own scale

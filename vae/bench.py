@@ -32,16 +32,60 @@ from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         _iwae_batch, chunk_layout, iwae_dataset,
                         log_importance_weights)
 from vae.evaluate import peak_rss_mib
+from vae.errors import ConfigError
 from vae.models import VAE
 
 
-def bench_config(hidden=(400,), latent_dim=20, batch_size=128):
-  """The benchmark model: a Bernoulli MLP VAE, Adam, constant learning rate."""
+def bench_config(hidden=(400,), latent_dim=20, batch_size=128,
+                 activation="relu", binarize=None):
+  """The benchmark model: a Bernoulli MLP VAE, Adam, constant learning rate
+  (``--hidden 200,200 --latent_dim 50 --batch_size 20 --activation tanh
+  --binarize dynamic``: the IWAE paper's model and batch)."""
   config = config_lib.default_config()
   config.hidden_sizes = tuple(hidden)
   config.latent_dim = latent_dim
   config.batch_size = batch_size
+  config.activation = activation
+  if binarize is not None:
+    config.binarize = binarize
   return config
+
+
+def parse_widths(values) -> tuple[int, ...]:
+  """``["200", "200"]`` (a comma-separated flag) -> ``(200, 200)``.
+
+  Raises:
+    ConfigError: a width that is not a positive integer, naming the flag.
+  """
+  try:
+    widths = tuple(int(v) for v in values)
+  except ValueError:
+    widths = ()
+  if not widths or any(w < 1 for w in widths):
+    raise ConfigError(f"--hidden={','.join(values)!r} is not accepted: "
+                      "comma-separated positive integers, e.g. 200,200")
+  return widths
+
+
+def dot_flops(lhs, rhs, params) -> int:
+  """Floating-point operations of one ``dot_general`` (2 per multiply-add)."""
+  (lhs_contract, _), (lhs_batch, _) = params["dimension_numbers"]
+  contracted = math.prod(lhs.shape[d] for d in lhs_contract)
+  out = math.prod(lhs.shape) // contracted  # lhs's batch and free dims
+  (_, rhs_contract), (_, rhs_batch) = params["dimension_numbers"]
+  rhs_free = math.prod(rhs.shape) // math.prod(
+      rhs.shape[d] for d in (*rhs_contract, *rhs_batch))
+  return 2 * out * contracted * rhs_free
+
+
+def peak_matmul_flops(size: int = 2048, repeats: int = 7) -> float:
+  """The machine's peak float32 matrix-product rate, FLOP/s: the fastest of
+  ``repeats`` ``[size, size] @ [size, size]`` products on all cores."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  product = jax.jit(jnp.matmul)
+  jax.block_until_ready(product(a, b))  # compile
+  return 2 * size**3 / min(time_calls(product, a, b, repeats=repeats))
 
 
 def model_name(config) -> str:
@@ -183,18 +227,32 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
                   in_axes=(0, None, 0, 0))
   floor_s, products = matmul_floor(step_fn, (state, x, keys.train, hyper),
                                    num_steps)
+  step_flops = sum(dot_flops(*d) for d in dot_generals(
+      jax.make_jaxpr(step_fn)(state, x, keys.train, hyper).jaxpr))
+  peak = peak_matmul_flops()
+  hardware_floor_s = step_flops * num_steps / peak
   median = statistics.median(epoch_s)
   return {
       "model": model_name(config),
+      "activation": config.activation,
+      "binarize": config.binarize,
       "batch_size": config.batch_size,
       "num_examples": num_examples,
       "steps_per_epoch": num_steps,
       "compile_s": compile_s,
       "epoch_s": {"min": min(epoch_s), "median": median, "max": max(epoch_s),
                   "count": len(epoch_s)},
+      "ms_per_step": 1e3 * median / num_steps,
+      "steps_per_s": num_steps / median,
       "examples_per_s": num_steps * config.batch_size / median,
       "floor_s": floor_s,
       "epoch_over_floor": median / floor_s,
+      # The machine's limit: the step's product FLOPs at the peak rate of a
+      # large square product (not XLA's speed at the step's own shapes).
+      "matmul_flops_per_step": step_flops,
+      "peak_matmul_gflops": peak / 1e9,
+      "hardware_floor_s": hardware_floor_s,
+      "epoch_over_hardware": median / hardware_floor_s,
       "floor_products": products,
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],

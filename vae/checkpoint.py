@@ -500,15 +500,30 @@ class Checkpoints:
         step_dir.rename(dest)
 
   def close(self) -> None:
+    """Finish pending saves and release the directory.
+
+    Raises:
+      CheckpointError: a pending save failed (e.g. the disk is full).
+    """
     if not getattr(self, "_closed", True):
       self._closed = True
-      self._ckptr.close()
+      try:
+        self._ckptr.close()
+      except Exception as e:  # orbax re-raises a failed background save
+        raise CheckpointError(f"{self.directory}: finishing the last save "
+                              f"failed: {_clip(e)}") from None
 
   def __enter__(self) -> Checkpoints:
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, exc, tb) -> None:
+    try:
+      self.close()
+    except CheckpointError:
+      if exc_type is None:
+        raise
+      # An error is already on its way out, and it names the failure (a
+      # failed save re-raised by close, e.g. a full disk): keep that one.
 
   def __repr__(self) -> str:
     return (f"Checkpoints({str(self.directory)!r}, keep_latest={self.keep_latest}, "

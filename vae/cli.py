@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 
 from absl import flags, logging
 
+from vae import config as config_lib
 from vae import errors
 
 EXIT_USER_ERROR = 2
@@ -35,6 +36,7 @@ def user_errors():
   distinct exit status, without a traceback. Also keeps the libraries'
   INFO chatter (orbax, absl) off the terminal."""
   logging.set_verbosity(logging.WARNING)
+  logging.get_absl_logger().addFilter(_drop_orbax_thread_errors)
   try:
     yield
   except USER_ERRORS as e:
@@ -45,19 +47,54 @@ def user_errors():
     sys.exit(EXIT_STATUSES[type(e)])
 
 
+def _drop_orbax_thread_errors(record) -> bool:
+  """Orbax logs each failure of its background save threads at ERROR, with
+  tracebacks, before re-raising it to the caller, where vae.checkpoint turns
+  it into a one-line ``CheckpointError``/``RunError``: drop those logs."""
+  return not ("orbax" in record.pathname and record.levelno >= 40)  # ERROR
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flags parser for ``app.run(main, flags_parser=cli.parse_flags)``:
   a bad flag or ``--config.<field>`` override (unknown field, wrong type)
   gives one line and exit status 2, not a traceback."""
+  if any(a in ("-h", "--help", "-help", "--helpshort") for a in argv[1:]):
+    print_help(argv)
+    sys.exit(0)
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    for name in _CONFIG_FLAGS:
+      # A config file that failed to load is a placeholder that raises on
+      # first use: use it here, so the failure is one line.
+      if name in flags.FLAGS and flags.FLAGS[name].present:
+        flags.FLAGS[name].value.keys()
+    return remaining
   except Exception as e:  # flags.Error, and ml_collections' own errors
     text = str(e).replace("\\n", "\n").replace("\\'", "'")
-    if "Traceback" in text:  # a config file raised: keep its last line
-      text = text.strip().splitlines()[-1]
-    message = " ".join(text.strip("'\"").split())
+    if "Attempted" in text:  # a config file that cannot be read
+      message = f"--config: {text.strip().splitlines()[-1].strip()}"
+    else:
+      if "Traceback" in text:  # a config file raised: keep its last line
+        text = text.strip().splitlines()[-1]
+      message = " ".join(text.strip("'\"").split())
     print(f"error: bad command-line flag: {message}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
+
+
+_CONFIG_FLAGS = ("config",)
+
+
+def print_help(argv: list[str]) -> None:
+  """``--help``: the script's usage, its flags, and every config field with
+  its default (what ``--config.<field>=...`` can override); exit status 0."""
+  import __main__  # the script being run
+  print((__main__.__doc__ or "").strip() + "\n")
+  print(flags.FLAGS.main_module_help())
+  defaults = config_lib.default_config()
+  print("\nConfig fields (override any with --config.<field>=<value>; an "
+        "experiment file sets its own values for some):")
+  for field in sorted(defaults.keys()):
+    print(f"  --config.{field}  (default: {defaults[field]!r})")
 
 
 @contextlib.contextmanager
@@ -71,7 +108,9 @@ def stop_on_signals() -> Iterator[Callable[[], str | None]]:
   def handler(signum, frame):
     del frame
     if received:
-      raise KeyboardInterrupt
+      raise errors.Interrupted(
+          f"stopped at once by a second {signal.Signals(signum).name}; the "
+          "last checkpoint is kept. Run the same command again to resume.")
     received.append(signal.Signals(signum).name)
     print(f"\n{received[0]} received: stopping after this epoch's checkpoint "
           "(send it again to stop at once).", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ The accepted values of each option come from the module that implements it.
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -102,6 +103,9 @@ def with_fields(config: ml_collections.ConfigDict | None = None,
   return result
 
 
+MAX_SEED = 2**31 - 1
+
+
 def check_variant(variant: str | None, accepted: tuple[str, ...]) -> None:
   """For experiment files: ``--config file.py:VARIANT`` must be known."""
   if variant is not None and variant not in accepted:
@@ -142,6 +146,8 @@ def validate(config: ml_collections.ConfigDict,
   if extra:
     _fail(extra[0], config[extra[0]], f"a known field; known: {sorted(known)}")
   _positive_int(config, "seed", 0)
+  if config.seed > MAX_SEED:  # jax.random.key takes a 32-bit signed seed
+    _fail("seed", config.seed, f"an integer in [0, {MAX_SEED}]")
   _choice(config, "dataset", datasets)
   _choice(config, "numerics", devices.NUMERICS)
   _choice(config, "binarize", BINARIZE)
@@ -203,12 +209,12 @@ def validate(config: ml_collections.ConfigDict,
     _fail("conv_features", feats, "a non-empty tuple of positive integers")
   for field in ("beta", "weight_decay", "grad_clip_norm", "free_bits",
                 "kl_warmup_epochs"):
-    if not config[field] >= 0:
-      _fail(field, config[field], "a number >= 0")
+    if not (config[field] >= 0 and math.isfinite(config[field])):
+      _fail(field, config[field], "a finite number >= 0")
   for field in ("learning_rate", "gaussian_sigma", "kl_cycle_epochs",
                 "adam_eps"):
-    if not config[field] > 0:
-      _fail(field, config[field], "a number > 0")
+    if not (config[field] > 0 and math.isfinite(config[field])):
+      _fail(field, config[field], "a finite number > 0")
   if not 0 < config.lr_decay_rate <= 1:
     _fail("lr_decay_rate", config.lr_decay_rate, "a number in (0, 1]")
   if not 0 < config.kl_cycle_ratio <= 1:

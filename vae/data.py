@@ -22,6 +22,7 @@ import dataclasses
 import gzip
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -182,7 +183,8 @@ def read_idx(path: PathLike) -> np.ndarray:
       content = gzip.decompress(content)
   except FileNotFoundError:
     raise DataError(f"No such IDX file: '{path}'.") from None
-  except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError.
+  except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError;
+    # a flipped byte in the deflate stream is a zlib.error.
     raise DataError(
       f"IDX file '{path}' holds invalid gzip data: {err}."
     ) from None

@@ -39,8 +39,11 @@ class CheckpointWarning(UserWarning):
   """A checkpoint was found corrupt and skipped (the message names its path)."""
 
 
-class Interrupted(Exception):
-  """Training stopped on request (SIGTERM/SIGINT) after a checkpoint."""
+class Interrupted(BaseException):
+  """Training stopped on request (SIGTERM/SIGINT): after a checkpoint, or
+  at once on a second signal. A BaseException, like KeyboardInterrupt: the
+  second signal can arrive inside any code (a checkpoint write, orbax), and
+  no ``except Exception`` there may turn it into another error."""
 
 
 class Diverged(Exception):

@@ -218,12 +218,20 @@ def _mi_notes(result: dict[str, Any]) -> list[str]:
   ceiling = result["mutual_information_max"]
   if result["mutual_information"] < ceiling - MI_CEILING_MARGIN:
     return []
-  return [f"The MI estimate {result['mutual_information']:.3f} nats is near its "
-          f"ceiling log M = {ceiling:.3f} (M = "
-          f"{result['mutual_information_batch_size']} examples): the "
-          "posteriors barely overlap. The estimator is a lower bound in "
-          "expectation, so I(x; z) is at least about this much, but it cannot "
-          "say how much more."]
+  estimate = result["mutual_information"]
+  m = result["mutual_information_batch_size"]
+  if estimate > ceiling:
+    where = (f"is above its ceiling log M = {ceiling:.3f} (M = {m} examples),"
+             " which the estimator exceeds only by the Monte Carlo error of "
+             "its one draw per example (its entropy term is analytic): it is "
+             "saturated")
+  else:
+    where = (f"is near its ceiling log M = {ceiling:.3f} (M = {m} "
+             "examples): it is saturated")
+  return [f"The MI estimate {estimate:.3f} nats {where}, the posteriors "
+          "barely overlap. The estimator is a lower bound in expectation "
+          "capped at log M, so read it as I(x; z) >= about log M, with no "
+          "information on how much more; a larger M raises the cap."]
 
 
 def evaluate_run(workdir: str | Path, *, k: int = DEFAULT_K,

@@ -104,6 +104,12 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
   return written
 
 
+def is_demonstration(config) -> bool:
+  """A member that demonstrates a pitfall on purpose (the per-pixel-mean
+  reduction, the clipped-probability likelihood), not a model to show."""
+  return config.reduction != "sum" or config.bernoulli_form != "logits"
+
+
 def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
                rows: Sequence[dict[str, Any]] | None = None,
                members_figures: bool = False, tsne_points: int = 1000,
@@ -120,8 +126,8 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
   ``scripts/sweep.py`` writes) and, into ``sweep_dir/figures/``,
   ``sweep_reconstructions.png`` (one row per beta:
   its lowest-seed member, on ``num_images`` test images of the first), and,
-  when an autoencoder member exists, ``latent_scatter.png`` of the VAE
-  closest to beta = 1 beside it. With ``members_figures``, also
+  when an autoencoder member exists, ``latent_scatter.png`` of the proper
+  VAE member (not a pitfall demonstration) closest to beta = 1 beside it. With ``members_figures``, also
   :func:`plot_run` of every VAE member (with the autoencoder as baseline).
 
   Returns:
@@ -179,18 +185,22 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
       "seed)").path)
 
   baseline_dir = aes[0][0] if aes else None
-  if aes:
-    m, r = min(chosen, key=lambda mr: (abs(math.log(max(
-        float(mr[1].config.beta), 1e-12))), float(mr[1].config.beta)))
-    ae = aes[0][1]
+  proper = [(m, r) for m, r in vaes if not is_demonstration(r.config)]
+  if aes and proper:
+    # The VAE beside the autoencoder: the proper member (never a pitfall
+    # demonstration) closest to beta = 1 in log, then lower beta, lower
+    # seed, then name; each panel is labelled with its member's name.
+    m, r = min(proper, key=lambda mr: (
+        abs(math.log(max(float(mr[1].config.beta), 1e-12))),
+        float(mr[1].config.beta), int(mr[1].config.seed), mr[0].name))
+    ae_dir, ae = min(aes, key=lambda mr: mr[0].name)
     written.append(plots.latent_scatter(
         r.params, r.model, tests[m].images, tests[m].labels,
         out / runs.SWEEP_FIGURE_FILES["latent_scatter"], keys.scatter,
         (ae.params, ae.model),
         tsne_points=tsne_points,
-        names=(f"VAE beta={float(r.config.beta):g} ({m.name})",
-               "autoencoder" + ("" if aes[0][0].name == "autoencoder" else
-                                f" ({aes[0][0].name})"))).path)
+        names=(f"{m.name} (VAE, beta={float(r.config.beta):g})",
+               f"{ae_dir.name} (autoencoder)")).path)
   if members_figures:
     for m, _ in vaes:
       written += plot_run(m, seed, which, baseline=baseline_dir,

@@ -101,6 +101,39 @@ def _figure(width_px: int, height_px: int):
   return fig
 
 
+def texts_outside_canvas(fig) -> list[str]:
+  """The visible, non-empty texts of ``fig`` (titles, labels, tick labels,
+  annotations, legends) whose rendered box is not inside the canvas: text
+  a reader would see clipped. Empty for a well-laid-out figure."""
+  renderer = fig.canvas.get_renderer()
+  fig.draw(renderer)
+  canvas = fig.bbox
+  # Tick labels exist for ticks outside the view limits too, undrawn: only
+  # the ticks inside an axis's view interval count.
+  tick_labels, drawn_ticks = set(), []
+  for ax in fig.axes:
+    for axis in (ax.xaxis, ax.yaxis):
+      lo, hi = sorted(axis.get_view_interval())
+      span = (hi - lo) * 1e-9
+      for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+        labels = (tick.label1, tick.label2)
+        tick_labels.update(id(t) for t in labels)
+        if lo - span <= tick.get_loc() <= hi + span:
+          drawn_ticks += [t for t in labels if t.get_visible()]
+  texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text")
+                                  and hasattr(a, "get_window_extent"))
+           if id(t) not in tick_labels and t.get_visible()]
+  clipped = []
+  for text in texts + drawn_ticks:
+    if not str(text.get_text()).strip():
+      continue
+    box = text.get_window_extent(renderer)
+    if (box.x0 < canvas.x0 - 0.5 or box.y0 < canvas.y0 - 0.5
+        or box.x1 > canvas.x1 + 0.5 or box.y1 > canvas.y1 + 0.5):
+      clipped.append(str(text.get_text()))
+  return clipped
+
+
 def _save(fig, path) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -579,9 +612,10 @@ def rate_distortion(rows: Sequence[dict[str, Any]], path, *,
                     title: str | None = None) -> Drawn:
   """Rate-distortion plane of a sweep: 1250 x 520 px.
 
-  Left: distortion against rate, one point per member, the mean +- std over
-  seeds per beta as error bars, each beta annotated. Right: rate and
-  distortion against beta (log-x; symlog when a beta is 0).
+  Left: distortion against rate, one point per member coloured by beta
+  (with its colour bar), the mean +- std over seeds per beta as error bars,
+  each beta annotated. Right: rate (left axis) and distortion (right axis)
+  against beta, each on its own scale (log-x; symlog when a beta is 0).
 
   Args:
     rows: dicts with at least ``beta``, ``seed``, ``rate`` (mean KL, nats)
@@ -620,28 +654,40 @@ def rate_distortion(rows: Sequence[dict[str, Any]], path, *,
             if positive.size and (betas > 0).all() else
             Normalize(betas.min(), max(betas.max(), betas.min() + 1e-6)))
     cmap = matplotlib.colormaps["viridis"]
-    ax = _axes_px(fig, 70, 50, 560, 400)
-    ax.scatter(rate, dist, s=14, c=[cmap(norm(b)) for b in beta], alpha=0.6,
-               linewidths=0, label="member (one seed)")
+    ax = _axes_px(fig, 70, 50, 540, 400)
+    points = ax.scatter(rate, dist, s=14, c=beta, cmap=cmap, norm=norm,
+                        alpha=0.6, linewidths=0, label="member (one seed)")
     ax.errorbar(stats["rate_mean"], stats["distortion_mean"],
                 xerr=stats["rate_std"], yerr=stats["distortion_std"],
                 fmt="o-", color="black", ecolor="0.3", markersize=4,
                 linewidth=1, capsize=3, label="mean +- std over seeds")
     for b, x, y in zip(betas, stats["rate_mean"], stats["distortion_mean"]):
       ax.annotate(f"beta={b:g}", (x, y), textcoords="offset points",
-                  xytext=(6, 6), fontsize=8)
+                  xytext=(6, 6), fontsize=8, annotation_clip=True)
     ax.set_xlabel("rate: mean KL(q(z|x) || p(z)) (nats)")
     ax.set_ylabel("distortion: mean -log p(x|z) (nats)")
     ax.set_title("Rate-distortion (test set)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    ax2 = _axes_px(fig, 720, 50, 480, 400)
-    for key, color, label in (("rate", "tab:blue", "rate (KL)"),
-                              ("distortion", "tab:orange",
-                               "distortion (-log p(x|z))")):
-      ax2.errorbar(betas, stats[f"{key}_mean"], yerr=stats[f"{key}_std"],
-                   fmt="o-", color=color, capsize=3, markersize=4,
-                   label=label)
+    # Room for the annotations of the extreme points inside the axes.
+    ax.margins(x=0.12, y=0.08)
+    colorbar = fig.colorbar(points, cax=_axes_px(fig, 620, 50, 12, 400))
+    colorbar.set_ticks(betas, labels=[f"{b:g}" for b in betas])
+    colorbar.minorticks_off()
+    colorbar.set_label("beta (member colour)")
+    # Right: rate and distortion against beta, each on its own y axis (they
+    # differ by an order of magnitude: on one axis the rate looks flat).
+    ax2 = _axes_px(fig, 800, 50, 360, 400)
+    ax3 = ax2.twinx()
+    handles = []
+    for axis, key, color, label in (
+        (ax2, "rate", "tab:blue", "rate (KL), left axis"),
+        (ax3, "distortion", "tab:orange",
+         "distortion (-log p(x|z)), right axis")):
+      handles.append(axis.errorbar(
+          betas, stats[f"{key}_mean"], yerr=stats[f"{key}_std"], fmt="o-",
+          color=color, capsize=3, markersize=4, label=label))
+      axis.tick_params(axis="y", colors=color)
     if (betas > 0).all():
       ax2.set_xscale("log")
     else:
@@ -650,16 +696,25 @@ def rate_distortion(rows: Sequence[dict[str, Any]], path, *,
     ax2.set_xticks(betas, [f"{b:g}" for b in betas])
     ax2.minorticks_off()
     ax2.set_xlabel("beta")
-    ax2.set_ylabel("nats per example")
+    ax2.set_ylabel("rate (nats per example)", color="tab:blue")
+    ax3.set_ylabel("distortion (nats per example)", color="tab:orange")
     ax2.set_title("Rate and distortion against beta")
     ax2.grid(alpha=0.3)
-    ax2.legend()
+    ax2.legend(handles=handles, loc="upper center", fontsize=8)
     n_seeds = ", ".join(f"{b:g}: {(beta == b).sum()}" for b in betas)
     fig.suptitle(title or f"Beta sweep: {len(rows)} members (seeds per "
                  f"beta: {n_seeds})", y=0.985, fontsize=11)
     path = _save(fig, path)
   return Drawn(path, {"beta": beta, "rate": rate, "distortion": dist,
                       "betas": betas, **stats})
+
+
+def wrap_label(text: str, width: int = 18) -> str:
+  """A row label on lines of at most ``width`` characters, broken after
+  underscores or spaces (member names such as BROKEN_mean_pixels_demo)."""
+  import textwrap
+  lines = textwrap.wrap(text.replace("_", "_ "), width)
+  return "\n".join(line.replace("_ ", "_") for line in lines) or text
 
 
 def sweep_reconstructions(members: Sequence[tuple[float, Any, VAE]], images,
@@ -693,9 +748,9 @@ def sweep_reconstructions(members: Sequence[tuple[float, Any, VAE]], images,
     box_w, box_h = _fit(grid.shape, width - 170, 84 * rows)
     ax = _axes_px(fig, 150 + (width - 170 - box_w) / 2, 45, box_w, box_h)
     _imshow(ax, grid)
-    ax.set_yticks(_centres(rows, h), ["originals x"] + list(
+    ax.set_yticks(_centres(rows, h), ["originals x"] + [wrap_label(t) for t in (
         labels if labels is not None else
-        [f"beta = {b:g}" for b, _, _ in members]))
+        [f"beta = {b:g}" for b, _, _ in members])], fontsize=8)
     ax.set_xticks([])
     ax.tick_params(length=0)
     fig.suptitle(title or "Reconstructions across the sweep (one row per "

@@ -217,6 +217,11 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
   return records
 
 
+def epochs_recorded(workdir: str | os.PathLike) -> int:
+  """The last epoch in ``metrics.jsonl`` (0 for a new run)."""
+  return max((int(r["epoch"]) for r in read_metrics(workdir)), default=0)
+
+
 def truncate_metrics(workdir: str | os.PathLike, last_epoch: int) -> None:
   """Keep only records with ``epoch <= last_epoch`` (used when resuming)."""
   kept = [r for r in read_metrics(workdir) if r["epoch"] <= last_epoch]

@@ -153,9 +153,13 @@ def fit_members(configs: list[ml_collections.ConfigDict],
         f"{dataset.train_images.shape[0]} training examples of "
         f"{first.dataset!r}")
   with contextlib.ExitStack() as locks:
-    workdirs = [prepare_workdir(w, c) for w, c in zip(workdirs, configs)]
+    # Lock first: a process refused because another holds the run writes
+    # nothing there (it used to rewrite the live run's config).
+    workdirs = [runs.ensure_writable(w) for w in workdirs]
     for w in workdirs:
       locks.enter_context(runs.WorkdirLock(w))
+    workdirs = [prepare_workdir(w, c, hooks.log)
+                for w, c in zip(workdirs, configs)]
     return _train_group(configs, workdirs, dataset, devices, hooks)
 
 
@@ -170,10 +174,12 @@ def _check_data_shape(config, dataset) -> None:
         "is the dataset's image shape (leave it unset)")
 
 
-def prepare_workdir(workdir: str | Path,
-                    config: ml_collections.ConfigDict) -> Path:
+def prepare_workdir(workdir: str | Path, config: ml_collections.ConfigDict,
+                    log: Callable[[str], None] = print) -> Path:
   """Create ``workdir`` and record the config and provenance, or check that
-  the config matches the run already there.
+  the config matches the run already there. Call it holding the workdir's
+  lock. A run that already has more epochs than ``config.num_epochs`` is
+  left as it is (its config is not rewritten; the loop has nothing to do).
 
   Raises:
     runs.RunError: the directory is not writable, or it holds a run whose
@@ -183,6 +189,11 @@ def prepare_workdir(workdir: str | Path,
   new = runs.config_to_dict(config)
   runs.check_resumable(workdir, new,
                        runs.config_to_dict(config_lib.default_config()))
+  trained = runs.epochs_recorded(workdir)
+  if trained > config.num_epochs:
+    log(f"{workdir}: the run has {trained} epochs, more than num_epochs="
+        f"{config.num_epochs}; its config.json is left as it is.")
+    return workdir
   runs.write_json_atomic(workdir / runs.CONFIG_FILE, new)
   runs.write_json_atomic(workdir / runs.PROVENANCE_FILE, runs.provenance())
   return workdir
@@ -207,21 +218,18 @@ def _train_group(configs, workdirs, dataset, devices, hooks: Hooks
   compiled = trainer_lib.start_group(configs, train_images.shape[0], devices)
   train_images, test_images = (devices_lib.place(x, compiled.replicated)
                                for x in (train_images, test_images))
-  ckpts = [checkpoint.Checkpoints(w / runs.CHECKPOINT_DIR,
-                                  keep_latest=first.keep_checkpoints,
-                                  keep_best=1, best_metric="test_elbo",
-                                  keep_epochs=first.keep_epochs)
-           for w in workdirs]
-  group = _Group(configs, workdirs, ckpts, compiled, train_images, test_images)
-  try:
+  with contextlib.ExitStack() as stack:
+    ckpts = [stack.enter_context(checkpoint.Checkpoints(
+        w / runs.CHECKPOINT_DIR, keep_latest=first.keep_checkpoints,
+        keep_best=1, best_metric="test_elbo", keep_epochs=first.keep_epochs))
+             for w in workdirs]
+    group = _Group(configs, workdirs, ckpts, compiled, train_images,
+                   test_images)
     state, resumed_from = _resume(group, hooks)
     for w in workdirs:
       runs.truncate_metrics(w, resumed_from or 0)
       (w / runs.DIVERGED_FILE).unlink(missing_ok=True)
     return _run_epochs(group, state, resumed_from, hooks)
-  finally:
-    for c in ckpts:
-      c.close()
 
 
 def _resume(group: _Group, hooks: Hooks):
@@ -375,14 +383,19 @@ def _run_epochs(group: _Group, state, resumed_from: int | None,
   start, total = (resumed_from or 0) + 1, first.num_epochs
   name = hooks.name or workdirs[0].name
   if start > total:
-    hooks.log(f"{name}: run already finished ({start - 1}/{total} epochs); "
-              "nothing to do.")
+    hooks.log(f"{name}: run already finished ({start - 1} epochs; "
+              f"num_epochs={total}); nothing to do.")
   elif resumed_from is not None:
     hooks.log(f"{name}: resuming from the checkpoint of epoch {resumed_from}.")
   bar = _progress_bar(hooks.show_progress and start <= total, start, total,
                       name)
   last: list[dict[str, Any] | None] = [None] * num_real
   diverged: dict[int, dict[str, Any]] = {}
+  # Each member's best test ELBO so far: an epoch that beats it is saved
+  # too, so the best epoch always has a checkpoint (kept by BestN(1)).
+  best_elbo = [max((r["test_elbo"] for r in runs.read_metrics(w)
+                    if math.isfinite(r.get("test_elbo", math.nan))),
+                   default=-math.inf) for w in workdirs]
   with contextlib.ExitStack() as loggers_stack:
     loggers = [loggers_stack.enter_context(tensorboard.TensorBoardLogger.create(
         w, purge_step=start)) for w in workdirs] if start <= total else []
@@ -392,19 +405,27 @@ def _run_epochs(group: _Group, state, resumed_from: int | None,
       stop_reason = hooks.should_stop()
       save = (epoch % first.checkpoint_every_epochs == 0 or epoch == total
               or epoch in first.keep_epochs or stop_reason is not None)
-      member_states = jax.device_get(state) if save else None
+      records = [member_record(outputs, i, group.configs[i], epoch)
+                 for i in range(num_real)]
+      new_best = [i not in diverged and not r[2]
+                  and r[0]["test_elbo"] > best_elbo[i]
+                  for i, r in enumerate(records)]
+      member_states = (jax.device_get(state) if save or any(new_best)
+                       else None)
       for i, workdir in enumerate(workdirs):
         if i in diverged:
           continue
-        record, skipped, has_diverged = member_record(
-            outputs, i, group.configs[i], epoch)
+        record, skipped, has_diverged = records[i]
         if has_diverged:
           diverged[i] = _mark_diverged(workdir, group.ckpts[i], epoch, skipped,
                                        group.configs[i].on_nan)
           if num_real > 1:  # a lone run raises Diverged with the message
             hooks.log(f"{workdir}: {diverged[i]['message']}")
           continue
-        write_member(group, i, record, outputs, loggers[i], member_states)
+        write_member(group, i, record, outputs, loggers[i],
+                     member_states if save or new_best[i] else None)
+        if new_best[i]:
+          best_elbo[i] = record["test_elbo"]
         last[i] = record
       if bar is not None:
         bar.update(1)
