@@ -5,13 +5,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-slow bench eval-quickstart clean
+.PHONY: run test test-slow bench eval-quickstart clean lock
 
-$(STAMP): pyproject.toml
+# The environment is installed from the hashed lock (exact versions of every
+# package), then the project itself without resolving anything.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the lock from pyproject.toml's ranges (needs the package index);
+# commit requirements.lock with the change that needed it.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  -o requirements.lock
 
 # The main job, offline on the embedded mnist_5k digits: one VAE run (summary
 # table), then a small beta sweep trained as one compiled program (table,

@@ -23,6 +23,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+_LOG_EVERY = flags.DEFINE_integer(
+    "log_every", 1, "When stderr is not a terminal (a job log, > log.txt): "
+    "one progress line every this many epochs, instead of a bar.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "CPU devices to expose (0: one per core); a sweep's "
@@ -33,7 +36,7 @@ def main(argv):
   del argv
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
     devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
-    rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
+    rows = sweep.run_sweep(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value and _LOG_EVERY.value,
                            should_stop=should_stop)
     print(report.sweep_table(rows))
     for path in report.write_report(rows, _WORKDIR.value):

@@ -22,13 +22,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created if needed).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over epochs.")
+_LOG_EVERY = flags.DEFINE_integer(
+    "log_every", 1, "When stderr is not a terminal (a job log, > log.txt): "
+    "one progress line every this many epochs, instead of a bar.", lower_bound=1)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
-    summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value,
+    summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value and _LOG_EVERY.value,
                         should_stop=should_stop)
     print(report.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
 

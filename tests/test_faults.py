@@ -4,6 +4,7 @@ Each case is marked ``fault``; the run prints how many there were. Subprocess
 cases run scripts/train.py as a user would and kill or signal it for real.
 """
 
+import hashlib
 import json
 import os
 import random
@@ -275,6 +276,50 @@ def test_every_run_records_its_provenance(tmp_path):
   assert record["python"] and record["platform"] and record["devices"]
   assert "git_commit" in record and "git_dirty" in record
   assert json.loads((tmp_path / "config.json").read_text())["latent_dim"] == 2
+  # What can change the bits on another host: the CPU and its instruction
+  # sets, XLA_FLAGS (the numerics mode's, here "default"), JAX options, the
+  # devices and the lock the environment came from.
+  model, isa = runs.cpu_description()
+  assert record["cpu_model"] == model and record["cpu_isa"] == isa
+  if "avx2" in open("/proc/cpuinfo").read():
+    assert "avx2" in record["cpu_isa"]
+  assert "--xla_cpu_max_isa=AVX" in record["xla_flags"]
+  assert record["jax_config"]["jax_enable_x64"] == "False"
+  assert record["device_count"] == len(jax.devices())
+  assert record["device_kinds"] == ["cpu"]
+  lock = REPO / "requirements.lock"
+  assert record["lock_sha256"] == hashlib.sha256(lock.read_bytes()).hexdigest()
+
+
+def test_a_log_file_gets_one_line_per_n_epochs_not_redraws(tmp_path):
+  out = subprocess.run(
+      [a for a in TRAIN if a != "--noprogress"] +
+      ["--config.num_epochs=5", "--log_every=2", "--workdir",
+       str(tmp_path / "run")], env=ENV, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert "\r" not in out.stderr
+  lines = [l for l in out.stderr.splitlines() if ": epoch " in l]
+  assert [l.split(": epoch ")[1].split()[0] for l in lines] == [
+      "2/5", "4/5", "5/5"], out.stderr
+  assert all("s/epoch) test_elbo=" in l and " kl=" in l for l in lines)
+
+
+def test_portable_numerics_turns_the_runtime_chosen_kernels_off():
+  code = (
+      "import sys; from vae import devices; "
+      "devices.configure_numerics(sys.argv[1]); import jax, jax.numpy as jnp; "
+      "f = jax.jit(lambda a, b: jnp.tanh(a @ b)); "
+      "a = jnp.ones((20, 784)); b = jnp.ones((784, 200)); "
+      "print('ynn_fusion' in f.lower(a, b).compile().as_text())")
+  seen = {}
+  for mode in ("default", "portable"):
+    env = {k: v for k, v in ENV.items() if k != "XLA_FLAGS"}
+    seen[mode] = subprocess.run([sys.executable, "-c", code, mode], env=env,
+                                capture_output=True, text=True,
+                                check=True).stdout.strip()
+  # The default mode lets XLA hand products to YNNPACK (kernels chosen at
+  # run time for the processor); portable mode never does.
+  assert seen == {"default": "True", "portable": "False"}
 
 
 # -- issue 16: faults found as a new user ------------------------------------

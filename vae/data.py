@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import logging
 import os
 import zipfile
 import zlib
@@ -576,11 +577,29 @@ def _load_manual_dir(name: str, manual_dir: Path) -> Dataset:
   return _dataset(name, splits, f"manual_dir '{manual_dir}'", spec.pixel_max)
 
 
+def _not_variant_folder_warning(record: logging.LogRecord) -> bool:
+  """TFDS warns "Variant folder <dir> has no dataset_info.json" for every
+  empty version folder it scans (one is left by any unprepared lookup);
+  whether the dataset is prepared is this module's question, answered in
+  its own messages."""
+  return not str(record.msg).startswith("Variant folder")
+
+
 def _tfds_builder(name: str, data_dir: PathLike | None) -> Any:
   """``tfds.builder(name, data_dir=data_dir)``, importing TFDS only now."""
+  tfds = _import_tfds()
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def _import_tfds():
+  """``tensorflow_datasets``, with its "Variant folder" warning filtered
+  from the absl logger (idempotent: a filter is added once)."""
   import tensorflow_datasets as tfds
 
-  return tfds.builder(name, data_dir=data_dir)
+  absl_logger = logging.getLogger("absl")
+  if _not_variant_folder_warning not in absl_logger.filters:
+    absl_logger.addFilter(_not_variant_folder_warning)
+  return tfds
 
 
 def _is_prepared(name: str, data_dir: PathLike | None) -> bool:
@@ -632,7 +651,7 @@ def _not_prepared_message(name: str, data_dir: PathLike | None) -> str:
 
 def _load_prepared(name: str, data_dir: PathLike | None) -> Dataset:
   """Reads TFDS dataset ``name`` prepared in ``data_dir``; never downloads."""
-  import tensorflow_datasets as tfds
+  tfds = _import_tfds()
 
   try:
     # download=False: read only what is prepared.  Preparing could download

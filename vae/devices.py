@@ -10,7 +10,14 @@ starts its CPU backend (:func:`configure_numerics`):
   ops share a fused kernel, and XLA fuses differently for different member
   counts, so an optimizer step rounded differently in a sweep than alone.
   Without it every element-wise op rounds once, whatever the fusion. The
-  matrix products still use the machine's fastest kernels.
+  matrix products still use the machine's fastest kernels (YNNPACK's,
+  chosen at run time for the processor: results can differ in the last bits
+  between an AVX2 and an AVX-512 machine).
+* ``"portable"``: also turns YNNPACK and XNNPACK off, so matrix products
+  are XLA's own code under the same AVX cap, the same instructions on any
+  x86-64 machine with AVX. The aim: bitwise-identical runs on AVX2 and
+  AVX-512 machines (see the README's reproducibility section for what was
+  measured); slower (``scripts/bench.py --numerics portable``).
 
 A sweep's members are stacked on a leading axis. With several devices that
 axis is sharded over a 1-D ``members`` mesh (:func:`member_sharding`), and
@@ -29,7 +36,10 @@ import numpy as np
 
 from vae.errors import ConfigError
 
-NUMERICS = ("default",)
+NUMERICS = ("default", "portable")
+_AVX_CAP = ("--xla_cpu_max_isa=AVX",)
+_NO_RUNTIME_KERNELS = ("--xla_cpu_experimental_ynn_fusion_type=",
+                       "--xla_cpu_use_xnnpack=false")
 _X86 = ("x86_64", "amd64", "i386", "i686")
 
 
@@ -39,9 +49,10 @@ def numerics_flags(mode: str) -> tuple[str, ...]:
   if mode not in NUMERICS:
     raise ConfigError(f"config.numerics={mode!r} is not accepted: one of "
                       f"{NUMERICS}")
+  portable = _NO_RUNTIME_KERNELS if mode == "portable" else ()
   if platform.machine().lower() not in _X86:
-    return ()
-  return ("--xla_cpu_max_isa=AVX",)
+    return portable
+  return _AVX_CAP + portable
 
 
 def _backend_started() -> bool:

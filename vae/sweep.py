@@ -38,7 +38,7 @@ __getattr__ = errors.moved(__name__, _MOVED)
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
-              devices=None, progress: bool = True,
+              devices=None, progress: bool | int = True,
               log: Callable[[str], None] = print,
               should_stop: Callable[[], str | None] | None = None
               ) -> list[dict[str, Any]]:

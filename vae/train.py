@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -85,14 +86,15 @@ class Hooks(NamedTuple):
     log: called with each one-line message (resuming, diverged, ...).
     should_stop: called after every epoch; a reason (e.g. "SIGTERM") stops
       the group after checkpointing every member.
-    show_progress: draw a progress bar over epochs.
+    show_progress: draw a progress bar over epochs on a terminal; elsewhere
+      one line every ``int(show_progress)`` epochs (True: every epoch).
     name: the bar's label and the messages' subject (default: the first
       member's directory name).
   """
 
   log: Callable[[str], None] = print
   should_stop: Callable[[], str | None] = _never
-  show_progress: bool = True
+  show_progress: bool | int = True
   name: str | None = None
 
 
@@ -367,9 +369,42 @@ def _mark_diverged(workdir: Path, ckpt: checkpoint.Checkpoints, epoch: int,
   return info
 
 
-def _progress_bar(enabled: bool, start: int, total: int, desc: str):
+class LineProgress:
+  """The progress bar when stderr is not a terminal (a cluster job, ``>
+  log.txt``): one plain line every ``every`` epochs and at the last, e.g.
+  ``quickstart: epoch 20/100 (1.21 s/epoch) test_elbo=-120.31 kl=24.80``,
+  instead of carriage-return redraws."""
+
+  def __init__(self, total: int, initial: int, desc: str, every: int,
+               stream=None):
+    self.total, self.n, self.desc, self.every = total, initial, desc, every
+    self.stream = stream if stream is not None else sys.stderr
+    self.postfix: dict[str, str] = {}
+    self._t0, self._n0 = time.perf_counter(), initial
+
+  def set_postfix(self, **values) -> None:
+    self.postfix = {k: str(v) for k, v in values.items()}
+
+  def update(self, n: int = 1) -> None:
+    self.n += n
+    if self.n % self.every and self.n != self.total:
+      return
+    rate = (time.perf_counter() - self._t0) / max(self.n - self._n0, 1)
+    fields = "".join(f" {k}={v}" for k, v in self.postfix.items())
+    print(f"{self.desc}: epoch {self.n}/{self.total} ({rate:.2f} s/epoch)"
+          f"{fields}", file=self.stream, flush=True)
+
+  def close(self) -> None:
+    pass
+
+
+def _progress_bar(enabled: bool | int, start: int, total: int, desc: str):
+  """A tqdm bar on a terminal; :class:`LineProgress` otherwise, one line
+  every ``enabled`` epochs (``True``: every epoch)."""
   if not enabled:
     return None
+  if not sys.stderr.isatty():
+    return LineProgress(total, start - 1, desc, max(int(enabled), 1))
   from tqdm.auto import tqdm
   return tqdm(total=total, initial=start - 1, desc=desc, unit="epoch")
 
@@ -387,7 +422,8 @@ def _run_epochs(group: _Group, state, resumed_from: int | None,
               f"num_epochs={total}); nothing to do.")
   elif resumed_from is not None:
     hooks.log(f"{name}: resuming from the checkpoint of epoch {resumed_from}.")
-  bar = _progress_bar(hooks.show_progress and start <= total, start, total,
+  bar = _progress_bar(hooks.show_progress if start <= total else False,
+                     start, total,
                       name)
   last: list[dict[str, Any] | None] = [None] * num_real
   diverged: dict[int, dict[str, Any]] = {}
@@ -428,10 +464,10 @@ def _run_epochs(group: _Group, state, resumed_from: int | None,
           best_elbo[i] = record["test_elbo"]
         last[i] = record
       if bar is not None:
-        bar.update(1)
         if num_real == 1 and last[0] is not None:
           bar.set_postfix(test_elbo=f"{last[0]['test_elbo']:.2f}",
                           kl=f"{last[0]['test_kl']:.2f}")
+        bar.update(1)
       if len(diverged) == num_real:
         break
       if stop_reason is not None and epoch < total:
