@@ -8,6 +8,8 @@ checkpoint into the shapes of a freshly initialised :class:`~vae.state.TrainStat
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -103,6 +105,86 @@ def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
           "test_elbo_a": elbo_a.get(a.epoch), "test_elbo_b": elbo_b.get(b.epoch),
           "test_elbo_difference": abs(elbo_a.get(a.epoch, np.nan) -
                                       elbo_b.get(b.epoch, np.nan))}
+
+
+# Provenance fields a reference names when a run does not match it.
+REFERENCE_PROVENANCE = ("cpu_model", "cpu_isa", "xla_flags", "versions",
+                        "lock_sha256", "git_commit", "device_count")
+
+
+def param_sha256(params) -> str:
+  """sha256 over every parameter leaf's path, dtype, shape and bytes, in
+  tree order: equal digests mean bitwise-equal parameters."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(
+      jax.device_get(params)):
+    leaf = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape}"
+                  .encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def run_reference(workdir: str | Path, which: str | int = "latest"
+                  ) -> dict[str, Any]:
+  """What a reference file records of a run: its final metrics (timings
+  dropped), the checkpoint's parameter checksum, its numerics mode and the
+  provenance that can change bits."""
+  workdir = Path(workdir)
+  run = load_run(workdir, which)
+  records = {r["epoch"]: r for r in runs.read_metrics(workdir)}
+  metrics = {k: v for k, v in records.get(run.epoch, {}).items()
+             if not k.endswith("_s")}
+  provenance = json.loads((workdir / runs.PROVENANCE_FILE).read_text())
+  return {"epoch": run.epoch, "numerics": run.config.numerics,
+          "param_sha256": param_sha256(run.params), "metrics": metrics,
+          "provenance": {k: provenance.get(k) for k in REFERENCE_PROVENANCE}}
+
+
+def sweep_reference(sweep_dir: str | Path) -> dict[str, Any]:
+  """:func:`run_reference` of every member of a sweep, by name."""
+  return {"members": {m.name: run_reference(m)
+                      for m in runs.member_dirs(sweep_dir)}}
+
+
+def compare_to_reference(path: str | Path, reference: dict[str, Any]
+                         ) -> dict[str, Any]:
+  """A run (or, for a reference with ``members``, a sweep) against a
+  reference: ``verdict`` "bitwise equal" or how far off, the largest metric
+  difference, and the provenance fields that differ."""
+  if "members" in reference:
+    results = {name: compare_to_reference(Path(path) / name, ref)
+               for name, ref in reference["members"].items()}
+    equal = all(r["bitwise_equal"] for r in results.values())
+    return {"verdict": "bitwise equal" if equal else "differs",
+            "bitwise_equal": equal, "members": results}
+  here = run_reference(path, reference["epoch"])
+  differences = {}
+  for key, value in reference["metrics"].items():
+    mine = here["metrics"].get(key)
+    if isinstance(value, (int, float)) and isinstance(mine, (int, float)):
+      if mine != value:
+        differences[key] = abs(mine - value)
+    elif mine != value:
+      differences[key] = [value, mine]
+  equal = (here["param_sha256"] == reference["param_sha256"]
+           and not differences)
+  numeric = [d for d in differences.values() if isinstance(d, float)]
+  provenance = {k: {"reference": v, "this run": here["provenance"].get(k)}
+                for k, v in reference["provenance"].items()
+                if here["provenance"].get(k) != v}
+  if reference.get("numerics") != here["numerics"]:
+    provenance["numerics"] = {"reference": reference.get("numerics"),
+                              "this run": here["numerics"]}
+  return {"verdict": "bitwise equal" if equal else
+          f"differs: params {'equal' if here['param_sha256'] == reference['param_sha256'] else 'differ'}, "
+          f"largest metric difference {max(numeric, default=0.0):.3g}",
+          "bitwise_equal": equal,
+          "param_sha256_equal": here["param_sha256"] == reference["param_sha256"],
+          "metric_differences": differences,
+          "test_elbo": [reference["metrics"].get("test_elbo"),
+                        here["metrics"].get("test_elbo")],
+          "provenance_differences": provenance}
 
 
 def restore_common_epoch(ckpts: list[checkpoint.Checkpoints], like,
