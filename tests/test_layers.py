@@ -28,10 +28,11 @@ TIERS = {
                       "runs", "devices"],
     "B math": ["models", "core", "optim", "objectives", "bounds",
                "diagnostics", "images", "preprocess"],
-    "C config and state": ["config", "state", "grouping", "restore"],
+    "C config and state": ["config", "state", "grouping", "shards",
+                           "restore"],
     "D programs and sinks": ["step", "trainer", "tensorboard", "plots",
                              "evaluate"],
-    "E drivers": ["train", "report", "figures", "sweep", "bench"],
+    "E drivers": ["train", "report", "figures", "sweep", "launch", "bench"],
     "F entry": ["cli", "__init__"],
 }
 ORDER = {m: (t, i) for t, (_, mods) in enumerate(TIERS.items())

@@ -89,6 +89,26 @@ def write_json_atomic(path: Path, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def write_json_once(path: Path, obj: Any) -> bool:
+  """Create ``path`` holding ``obj`` as JSON unless it exists: of several
+  processes racing, exactly one creates it (a hard link of a complete
+  temporary file cannot be half-written or replaced). Returns whether this
+  call created it."""
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    tmp.unlink()
+
+
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """A JSON-ready dict of the config (tuples become lists)."""
   return json.loads(config.to_json())

@@ -15,6 +15,7 @@ Each member is a first-class run in ``<sweep_dir>/<member-name>/``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ import jax
 import ml_collections
 
 from vae import devices as devices_lib
-from vae import errors, evaluate, grouping, report, runs, train
+from vae import errors, evaluate, grouping, report, runs, shards, train
 
 # Deprecated aliases (one release): names that moved out of this module.
 _MOVED = {
@@ -40,14 +41,19 @@ __getattr__ = errors.moved(__name__, _MOVED)
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
               devices=None, progress: bool | int = True,
               log: Callable[[str], None] = print,
-              should_stop: Callable[[], str | None] | None = None
-              ) -> list[dict[str, Any]]:
+              should_stop: Callable[[], str | None] | None = None,
+              shard: shards.Shard | None = None) -> list[dict[str, Any]]:
   """Train every member (resuming any that were interrupted); return rows.
+
+  A member whose loss turns non-finite stops alone (its row says
+  "diverged"); the other members and groups go on.
 
   Args:
     config: a sweep config.
     workdir: the sweep directory; member ``name`` lives in ``workdir/name``.
     devices: devices to shard the member axis over (default: all).
+    shard: train only this shard's blocks (:func:`vae.shards.plan`); the
+      rows are then this shard's members only.
 
   Returns:
     One row per member (:func:`vae.report.sweep_rows`, read back from the
@@ -63,20 +69,50 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
   devices_lib.configure_numerics(modes[0])
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  runs.write_json_atomic(workdir / runs.SWEEP_CONFIG_FILE,
-                         runs.config_to_dict(config))
+  record_sweep_config(workdir, config)
   devices = jax.devices() if devices is None else devices
-  for index, group in enumerate(grouping.groups(named)):
+  if shard is None:
+    work, label = grouping.groups(named), ""
+  else:
+    work = shards.plan(config, shard.count)[shard.index]
+    label = f"shard {shard.index}/{shard.count}, "
+  for index, group in enumerate(work):
     names = [n for n, _ in group]
-    desc = f"group {index + 1}: {len(group)} member(s)"
+    desc = f"{label}group {index + 1}: {len(group)} member(s)"
     log(f"{workdir}: {desc} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
-    train.fit_members([c for _, c in group], [workdir / n for n in names],
-                      devices=devices, progress=progress, desc=desc, log=log,
-                      should_stop=should_stop)
+    try:
+      train.fit_members([c for _, c in group], [workdir / n for n in names],
+                        devices=devices, progress=progress, desc=desc,
+                        log=log, should_stop=should_stop)
+    except errors.Diverged as e:  # a lone member: it stops, the sweep goes on
+      log(f"{e}")
   rows = report.sweep_rows(workdir, config)
+  if shard is not None:
+    mine = {n for group in work for n, _ in group}
+    rows = [r for r in rows if r["member"] in mine]
   if config.eval_k > 0:
     add_evaluation(rows, workdir, config.eval_k, log)
   return rows
+
+
+def record_sweep_config(workdir: Path, config: ml_collections.ConfigDict
+                        ) -> None:
+  """Write ``sweep_config.json`` once (of racing shards, one writes it);
+  a directory holding another sweep's config is refused."""
+  new = runs.config_to_dict(config)
+  path = workdir / runs.SWEEP_CONFIG_FILE
+  if runs.write_json_once(path, new):
+    return
+  old = json.loads(path.read_text())
+  new = json.loads(json.dumps(new))  # tuples as JSON lists, like old's
+  if old != new:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                     and k not in runs.RESUMABLE_CHANGES)
+    if changed:
+      raise errors.RunError(
+          f"{workdir} holds another sweep (its {runs.SWEEP_CONFIG_FILE} "
+          f"differs in {changed}); choose another --workdir")
+    runs.write_json_atomic(path, new)  # e.g. more epochs: resumable
 
 
 def add_evaluation(rows: list[dict[str, Any]], workdir: str | Path, k: int,
@@ -86,7 +122,7 @@ def add_evaluation(rows: list[dict[str, Any]], workdir: str | Path, k: int,
   add the NLL, active units, mutual information and collapse flag to its
   row."""
   for row in rows:
-    if row["status"] != "finished" or row["objective"] != "vae":
+    if row["status"] != "finished" or row["objective"] == "autoencoder":
       continue
     log(f"evaluating {row['member']} (k={k})")
     result = evaluate.evaluate_run(Path(workdir) / row["member"], k=k)

@@ -1,0 +1,175 @@
+"""vae.shards and vae.launch: a sweep split into shards, trained as separate
+processes (scripts/sweep.py --shard, and submitit's local executor), is
+bitwise the sweep trained in one process; a killed shard re-run alone ends
+the same; the merged report equals the single-process one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from vae import grouping, launch, report, restore, runs, shards
+from vae.errors import ConfigError
+
+pytestmark = pytest.mark.fault
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+OVERRIDES = {"hidden_sizes": (32,), "latent_dim": 2, "batch_size": 200,
+             "num_epochs": 3}
+SWEEP = [sys.executable, str(REPO / "scripts" / "sweep.py"), "--config",
+         str(REPO / "experiments" / "beta_sweep.py:small"), "--noprogress",
+         "--config.hidden_sizes=(32,)", "--config.latent_dim=2",
+         "--config.batch_size=200", "--config.num_epochs=3",
+         "--config.sweep.beta=(1.0,4.0)", "--config.sweep.seed=(0,1)"]
+
+
+def small_sweep():
+  """beta_sweep.py:small at the test's size: 4 members, one shape group."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "beta_sweep", REPO / "experiments" / "beta_sweep.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("small")
+  for k, v in OVERRIDES.items():
+    config[k] = v
+  config.sweep.beta, config.sweep.seed = (1.0, 4.0), (0, 1)
+  return config
+
+
+def strip(records):
+  return [{k: v for k, v in r.items() if not k.endswith("_s")}
+          for r in records]
+
+
+def assert_same_sweep(a: Path, b: Path) -> None:
+  members = sorted(m.name for m in runs.member_dirs(a))
+  assert members == sorted(m.name for m in runs.member_dirs(b))
+  for name in members:
+    assert strip(runs.read_metrics(a / name)) == strip(
+        runs.read_metrics(b / name)), name
+    pa = jax.tree_util.tree_leaves(restore.load_run(a / name, "latest").params)
+    pb = jax.tree_util.tree_leaves(restore.load_run(b / name, "latest").params)
+    for x, y in zip(pa, pb, strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def report_rows(sweep_dir: Path):
+  rows = json.loads((sweep_dir / runs.REPORT_JSON).read_text())
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one") / "sweep"
+  subprocess.run(SWEEP + ["--workdir", str(workdir)], env=ENV, check=True,
+                 capture_output=True)
+  return workdir
+
+
+def test_plan_is_deterministic_disjoint_and_complete():
+  config = small_sweep()
+  names = [n for n, _ in grouping.members(config)]
+  for count in (1, 2, 3, 5):
+    plan = shards.plan(config, count)
+    assert plan == shards.plan(config, count)  # the same in every process
+    got = [n for blocks in plan for block in blocks for n, _ in block]
+    assert sorted(got) == sorted(names) and len(got) == len(names)
+  # One group of 4: 2 shards take 2 members each; 3 shards get 1, 1 and 2.
+  assert [[len(b) for b in s] for s in shards.plan(config, 2)] == [[2], [2]]
+  assert sorted(sum(len(b) for b in s) for s in shards.plan(config, 3)) == [
+      1, 1, 2]
+  # More shards than members: the extra shards have nothing to do.
+  assert sum(1 for s in shards.plan(config, 5) if s) == 4
+
+
+def test_shard_from_flag_and_scheduler_environment():
+  assert shards.parse_shard("1/3") == shards.Shard(1, 3)
+  for bad in ("3/3", "1", "-1/2", "a/b"):
+    with pytest.raises(ConfigError, match="--shard"):
+      shards.parse_shard(bad)
+  assert shards.shard_from_environment({}) is None
+  assert shards.shard_from_environment(
+      {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}) == (2, 4)
+  assert shards.shard_from_environment(
+      {"JOB_COMPLETION_INDEX": "0", "VAE_SHARD_COUNT": "2"}) == (0, 2)
+  with pytest.raises(ConfigError, match="VAE_SHARD_COUNT"):
+    shards.shard_from_environment({"JOB_COMPLETION_INDEX": "0"})
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_concurrent_shards_through_submitit_equal_one_process(
+    tmp_path, one_process, count):
+  pytest.importorskip("submitit")
+  workdir = tmp_path / "sweep"
+  rows = launch.launch(small_sweep(), workdir, count, executor="local",
+                       parameters={"timeout_min": 30}, log=lambda s: None)
+  assert [r["status"] for r in rows] == ["finished"] * 4
+  assert_same_sweep(workdir, one_process)
+  # The merged report (written once, by the launcher) equals the
+  # single-process one, but for wall times.
+  assert report_rows(workdir) == report_rows(one_process)
+
+
+def test_a_shard_killed_mid_run_then_rerun_alone_ends_bitwise(
+    tmp_path, one_process):
+  workdir = tmp_path / "sweep"
+  subprocess.run(SWEEP + ["--workdir", str(workdir), "--shard", "1/2"],
+                 env=ENV, check=True, capture_output=True)
+  victim = subprocess.Popen(SWEEP + ["--workdir", str(workdir), "--shard",
+                                     "0/2", "--config.num_epochs=3"],
+                            env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+  mine = [n for b in shards.plan(small_sweep(), 2)[0] for n, _ in b]
+  deadline = time.time() + 120
+  while time.time() < deadline and victim.poll() is None:
+    if any(len(runs.read_metrics(workdir / n)) >= 1 for n in mine):
+      break
+    time.sleep(0.05)
+  victim.send_signal(signal.SIGKILL)
+  victim.wait()
+  out = subprocess.run(SWEEP + ["--workdir", str(workdir), "--shard", "0/2"],
+                       env=ENV, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert "--report" in out.stdout  # a shard writes no report itself
+  assert not (workdir / runs.REPORT_JSON).exists()
+  rep = subprocess.run(SWEEP + ["--workdir", str(workdir), "--report"],
+                       env=ENV, capture_output=True, text=True)
+  assert rep.returncode == 0, rep.stderr
+  assert_same_sweep(workdir, one_process)
+  assert report_rows(workdir) == report_rows(one_process)
+
+
+def test_report_names_missing_members_and_sigterm_to_a_shard_exits_75(
+    tmp_path):
+  workdir = tmp_path / "sweep"
+  proc = subprocess.Popen(SWEEP + ["--workdir", str(workdir), "--shard",
+                                   "0/2", "--config.num_epochs=300"],
+                          env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  mine = [n for b in shards.plan(small_sweep(), 2)[0] for n, _ in b]
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    if all(len(runs.read_metrics(workdir / n)) >= 1 for n in mine):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err
+  rep = subprocess.run(SWEEP + ["--workdir", str(workdir), "--report",
+                                "--config.num_epochs=300"],
+                       env=ENV, capture_output=True, text=True)
+  assert rep.returncode == 0, rep.stderr
+  rows = {r["member"]: r["status"] for r in report.sweep_rows(workdir)}
+  other = [n for b in shards.plan(small_sweep(), 2)[1] for n, _ in b]
+  assert {rows[n] for n in mine} == {"unfinished"}
+  assert {rows[n] for n in other} == {"missing"}
+  assert "not finished: " in rep.stdout
