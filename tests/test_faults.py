@@ -147,18 +147,28 @@ def test_non_finite_loss_stops_the_run_naming_epoch_and_last_good_checkpoint(tmp
 
 
 def test_diverging_sweep_member_is_stopped_alone(tmp_path):
+  # beta=inf is refused up front; a Gaussian of sigma 1e-30 overflows from
+  # the first step. The diverging member is a group of its own (a lone
+  # member raises Diverged inside the sweep, which must not stop the rest).
   config = tiny(num_epochs=2)
-  config.sweep = ml_collections.ConfigDict({"beta": (1.0, float("inf"))})
+  config.sweep = ml_collections.ConfigDict({"members": (
+      {"name": "beta1"},
+      {"name": "overflow", "likelihood": "gaussian", "gaussian_sigma": 1e-30})})
   rows = sweep.run_sweep(config, tmp_path, progress=False, log=_quiet)
   status = {r["member"]: r["status"] for r in rows}
-  assert status == {"beta1": "finished", "betainf": "diverged"}
+  assert status == {"beta1": "finished", "overflow": "diverged"}
   assert len(runs.read_metrics(tmp_path / "beta1")) == 2
-  assert json.loads((tmp_path / "betainf" / "diverged.json").read_text())["epoch"] == 1
+  assert json.loads((tmp_path / "overflow" / "diverged.json").read_text())["epoch"] == 1
   assert "diverged" in report.sweep_table(rows)
 
 
-def test_on_nan_skip_skips_and_counts_non_finite_updates(tmp_path):
-  config = tiny(num_epochs=2, beta=float("inf"), on_nan="skip", max_skipped_steps=1000)
+def test_on_nan_skip_skips_and_counts_non_finite_updates(tmp_path, monkeypatch):
+  # beta = inf makes every training loss and update non-finite while the
+  # test ELBO (free of beta) stays finite. The config refuses it (issue 13);
+  # this test of the skipping mechanism lets it through.
+  monkeypatch.setattr(config_lib, "validate", lambda config, datasets=None: config)
+  config = tiny(num_epochs=2, beta=float("inf"), on_nan="skip",
+                max_skipped_steps=1000)
   trainer = trainer_lib.make_trainer(config, 4000)
   initial = jax.tree_util.tree_leaves(trainer.init(np.asarray([0], np.int32)).params)
   summary = train.fit(config, tmp_path, progress=False, log=_quiet)
