@@ -73,3 +73,47 @@ def test_batch_stats_are_threaded_and_used_in_evaluation(tmp_path):
   assert set(run.params) == {"params", "batch_stats"}
   stats = run.params["batch_stats"]["encoder"]["BatchNorm_0"]
   assert float(abs(stats["mean"]).sum()) > 0  # running averages moved from zero
+
+
+def test_iwae_table1_cells_and_short_schedule():
+  cells = {v: load("iwae_table1", v) for v in
+           ("vae1", "vae5", "vae50", "iwae5", "iwae50")}
+  assert {v: (c.objective, c.num_samples) for v, c in cells.items()} == {
+      "vae1": ("vae", 1), "vae5": ("vae", 5), "vae50": ("vae", 50),
+      "iwae5": ("iwae", 5), "iwae50": ("iwae", 50)}
+  for c in cells.values():  # the paper's protocol, full MNIST
+    assert (c.hidden_sizes, c.activation, c.latent_dim, c.batch_size,
+            c.adam_eps, c.lr_schedule, c.binarize, c.num_epochs,
+            c.dataset) == ((200, 200), "tanh", 50, 20, 1e-4, "iwae",
+                           "dynamic", 3280, "mnist")
+    assert c.keep_epochs == (1, 4, 13, 40, 121, 364, 1093, 3280)
+  short = load("iwae_table1", "vae5_short")
+  assert short.num_epochs == 40 and short.num_samples == 5
+  # The short schedule is the full one's first 40 epochs, rate for rate.
+  full_lr = optim.learning_rate_schedule(cells["vae5"], steps_per_epoch=10)
+  short_lr = optim.learning_rate_schedule(short, steps_per_epoch=10)
+  assert [float(short_lr(s)) for s in range(0, 400, 7)] == [
+      float(full_lr(s)) for s in range(0, 400, 7)]
+  sweep_cells = load("iwae_table1", "sweep")
+  assert [n for n, _ in grouping.members(sweep_cells)] == list(cells)
+  assert len(grouping.groups(grouping.members(sweep_cells))) == 5
+  for paper in ("86.76", "86.47", "86.35", "85.54", "84.78"):
+    assert paper in (EXPERIMENTS / "iwae_table1.py").read_text()
+
+
+def test_iwae_table1_short_runs_every_cell(tmp_path):
+  """experiments/iwae_table1.py:short, the smoke run: every cell, 1 epoch
+  on the embedded digits; the stage-boundary checkpoints are kept."""
+  rows = sweep.run_sweep(load("iwae_table1", "short"), tmp_path,
+                         progress=False, log=lambda s: None)
+  assert [r["member"] for r in rows] == ["vae1", "vae5", "vae50", "iwae5",
+                                         "iwae50"]
+  assert all(r["status"] == "finished" for r in rows)
+  for name in ("vae5", "iwae5"):
+    last = runs.read_metrics(tmp_path / name)[-1]
+    assert "train_bound" in last and last["train_bound"] <= 0
+  iwae = runs.read_metrics(tmp_path / "iwae5")[-1]
+  assert iwae["train_loss"] == -iwae["train_bound"]
+  epochs = sorted(int(p.name) for p in (tmp_path / "vae1" / "checkpoints").iterdir()
+                  if p.name.isdigit())
+  assert epochs == [1]
