@@ -39,7 +39,7 @@ bit after any stop.
   python scripts/sweep.py --config experiments/iwae_table1.py:sweep_short \\
       --config.manual_dir=../shared/data/mnist --workdir ~/runs/iwae_table1_short
 
-Measured cost (2-core AMD EPYC, AVX2 + FMA, no AVX-512, commit ed19f36's
+Measured cost (2-core AMD EPYC, AVX2 + FMA, no AVX-512, commit ba54285's
 training code, both cores shared with other jobs, so upper bounds): one
 full-MNIST epoch (3,000 steps) takes a median 5.4 s for vae1 (6.75 s over
 the first 365 epochs of the full protocol), 14.4 s for vae5 and 10.5 s for

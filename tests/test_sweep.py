@@ -295,6 +295,8 @@ def _script(name, *args, env=None):
   return out.stdout
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
+                    reason="two CPU devices need two cores (one device per core)")
 def test_readme_member_vs_standalone_on_two_devices(tmp_path):
   """The README's compare command, shortened to 2 members on 2 CPU devices
   and 5 epochs (enough for a last-bit difference to grow past 1e-4 nats)."""
@@ -357,3 +359,11 @@ def test_member_equals_standalone_on_an_emulated_avx2_cpu():
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout.strip().splitlines()[-1]) is True
 
+
+
+def test_more_cpu_devices_than_cores_is_refused():
+  from vae import devices as devices_lib
+  from vae.errors import ConfigError
+  cores = len(os.sched_getaffinity(0))
+  with pytest.raises(ConfigError, match=f"at most the {cores} core"):
+    devices_lib.use_cpu_cores_as_devices(cores + 1)

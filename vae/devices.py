@@ -109,7 +109,16 @@ def use_cpu_cores_as_devices(count: int = 0) -> int:
     raise ConfigError(
         f"cpu_devices={count} is not accepted: 0 (one per core) or a positive "
         "count")
-  count = count or len(os.sched_getaffinity(0))
+  cores = len(os.sched_getaffinity(0))
+  if count > cores:
+    # Measured on a 2-core AVX2 EPYC limited to one core: 2 devices on it
+    # gave a member other bits than its standalone run (XLA sizes its CPU
+    # thread pool for the devices, and the products split differently).
+    raise ConfigError(
+        f"cpu_devices={count} is not accepted: at most the {cores} core(s) "
+        "this process may use (more devices than cores change how XLA splits "
+        "the products, and so a member's bits), or 0 for one per core")
+  count = count or cores
   if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     jax.config.update("jax_num_cpu_devices", count)
   return count
