@@ -108,8 +108,9 @@ def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
 
 
 # Provenance fields a reference names when a run does not match it.
-REFERENCE_PROVENANCE = ("cpu_model", "cpu_isa", "xla_flags", "versions",
-                        "lock_sha256", "git_commit", "device_count")
+REFERENCE_PROVENANCE = ("cpu_model", "cpu_isa", "usable_cores", "xla_flags",
+                        "versions", "lock_sha256", "git_commit",
+                        "device_count")
 
 
 def param_sha256(params) -> str:

@@ -237,6 +237,9 @@ def host_provenance() -> dict[str, Any]:
       "cpu_model": model,
       "cpu_isa": isa,
       "cpu_count": os.cpu_count(),
+      # XLA's CPU products split by the cores the process may use: measured,
+      # one jitted product gives other bits on 1 than on 2 usable cores.
+      "usable_cores": len(os.sched_getaffinity(0)),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # JAX options set from the environment, and the values of those that
       # can change numbers or devices (jax.config has no list of changes).
