@@ -173,3 +173,33 @@ def test_report_names_missing_members_and_sigterm_to_a_shard_exits_75(
   assert {rows[n] for n in mine} == {"unfinished"}
   assert {rows[n] for n in other} == {"missing"}
   assert "not finished: " in rep.stdout
+
+
+def test_launcher_retries_a_failed_shard_then_a_resubmission_finishes(
+    tmp_path, one_process):
+  """A shard that cannot train (another process holds one of its members'
+  locks) fails on every attempt: the launcher re-submits it max_retries
+  times, then says which shard failed; once the lock is gone, the same
+  launch trains only what is unfinished and equals the one-process sweep."""
+  pytest.importorskip("submitit")
+  from vae.errors import RunError
+  workdir = tmp_path / "sweep"
+  config = small_sweep()
+  blocked = shards.plan(config, 2)[1][0][0][0]  # a member of shard 1
+  (workdir / blocked).mkdir(parents=True)
+  said = []
+  with runs.WorkdirLock(workdir / blocked):
+    with pytest.raises(RunError, match=r"shards \[1\] of 2 failed after 1 "
+                       "retries"):
+      launch.launch(config, workdir, 2, executor="local", max_retries=1,
+                    parameters={"timeout_min": 30}, log=said.append)
+  assert sum("submitted shards" in s for s in said) == 2  # first try + 1 retry
+  failures = [s for s in said if "shard 1/2 failed" in s]
+  assert len(failures) == 2, said
+  log = Path(failures[0].rsplit("(log: ", 1)[1].rstrip(")"))
+  assert "in use by another run" in log.read_text()  # the shard's own error
+  said.clear()
+  rows = launch.launch(config, workdir, 2, executor="local",
+                       parameters={"timeout_min": 30}, log=said.append)
+  assert [r["status"] for r in rows] == ["finished"] * 4
+  assert_same_sweep(workdir, one_process)
