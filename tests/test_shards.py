@@ -67,6 +67,22 @@ def report_rows(sweep_dir: Path):
   return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def shard_members(index: int, count: int = 2) -> list[str]:
+  """The member names shard ``index`` of ``count`` trains."""
+  return [n for b in shards.plan(small_sweep(), count)[index] for n, _ in b]
+
+
+def wait_for_first_epoch(proc, workdir: Path, names, every=any,
+                         timeout: float = 120) -> None:
+  """Until ``every`` (any/all) of ``names`` has an epoch recorded, or
+  ``proc`` ends, or ``timeout`` seconds pass."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if every(len(runs.read_metrics(workdir / n)) >= 1 for n in names):
+      return
+    time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one") / "sweep"
@@ -128,12 +144,7 @@ def test_a_shard_killed_mid_run_then_rerun_alone_ends_bitwise(
                                      "0/2", "--config.num_epochs=3"],
                             env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-  mine = [n for b in shards.plan(small_sweep(), 2)[0] for n, _ in b]
-  deadline = time.time() + 120
-  while time.time() < deadline and victim.poll() is None:
-    if any(len(runs.read_metrics(workdir / n)) >= 1 for n in mine):
-      break
-    time.sleep(0.05)
+  wait_for_first_epoch(victim, workdir, shard_members(0), every=any)
   victim.send_signal(signal.SIGKILL)
   victim.wait()
   out = subprocess.run(SWEEP + ["--workdir", str(workdir), "--shard", "0/2"],
@@ -155,12 +166,8 @@ def test_report_names_missing_members_and_sigterm_to_a_shard_exits_75(
                                    "0/2", "--config.num_epochs=300"],
                           env=ENV, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  mine = [n for b in shards.plan(small_sweep(), 2)[0] for n, _ in b]
-  deadline = time.time() + 120
-  while time.time() < deadline and proc.poll() is None:
-    if all(len(runs.read_metrics(workdir / n)) >= 1 for n in mine):
-      break
-    time.sleep(0.05)
+  mine = shard_members(0)
+  wait_for_first_epoch(proc, workdir, mine, every=all)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err
@@ -169,7 +176,7 @@ def test_report_names_missing_members_and_sigterm_to_a_shard_exits_75(
                        env=ENV, capture_output=True, text=True)
   assert rep.returncode == 0, rep.stderr
   rows = {r["member"]: r["status"] for r in report.sweep_rows(workdir)}
-  other = [n for b in shards.plan(small_sweep(), 2)[1] for n, _ in b]
+  other = shard_members(1)
   assert {rows[n] for n in mine} == {"unfinished"}
   assert {rows[n] for n in other} == {"missing"}
   assert "not finished: " in rep.stdout

@@ -168,8 +168,8 @@ def compare_to_reference(path: str | Path, reference: dict[str, Any]
         differences[key] = abs(mine - value)
     elif mine != value:
       differences[key] = [value, mine]
-  equal = (here["param_sha256"] == reference["param_sha256"]
-           and not differences)
+  params_equal = here["param_sha256"] == reference["param_sha256"]
+  equal = params_equal and not differences
   numeric = [d for d in differences.values() if isinstance(d, float)]
   provenance = {k: {"reference": v, "this run": here["provenance"].get(k)}
                 for k, v in reference["provenance"].items()
@@ -178,10 +178,10 @@ def compare_to_reference(path: str | Path, reference: dict[str, Any]
     provenance["numerics"] = {"reference": reference.get("numerics"),
                               "this run": here["numerics"]}
   return {"verdict": "bitwise equal" if equal else
-          f"differs: params {'equal' if here['param_sha256'] == reference['param_sha256'] else 'differ'}, "
+          f"differs: params {'equal' if params_equal else 'differ'}, "
           f"largest metric difference {max(numeric, default=0.0):.3g}",
           "bitwise_equal": equal,
-          "param_sha256_equal": here["param_sha256"] == reference["param_sha256"],
+          "param_sha256_equal": params_equal,
           "metric_differences": differences,
           "test_elbo": [reference["metrics"].get("test_elbo"),
                         here["metrics"].get("test_elbo")],

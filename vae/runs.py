@@ -78,14 +78,19 @@ _MOVED = {"load_config": "vae.config", "prepare_workdir": "vae.train"}
 __getattr__ = errors.moved(__name__, _MOVED)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-  """Write ``obj`` as JSON to ``path`` via a temporary file and a rename."""
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
+def _write_json_synced(path: Path, obj: Any) -> None:
+  """``obj`` as JSON in ``path``, flushed to disk."""
+  with open(path, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+  """Write ``obj`` as JSON to ``path`` via a temporary file and a rename."""
+  tmp = path.with_name(path.name + ".tmp")
+  _write_json_synced(tmp, obj)
   os.replace(tmp, path)
 
 
@@ -95,11 +100,7 @@ def write_json_once(path: Path, obj: Any) -> bool:
   temporary file cannot be half-written or replaced). Returns whether this
   call created it."""
   tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
+  _write_json_synced(tmp, obj)
   try:
     os.link(tmp, path)
     return True

@@ -441,9 +441,11 @@ def _run_epochs(group: _Group, state, resumed_from: int | None,
       stop_reason = hooks.should_stop()
       save = (epoch % first.checkpoint_every_epochs == 0 or epoch == total
               or epoch in first.keep_epochs or stop_reason is not None)
-      records = [member_record(outputs, i, group.configs[i], epoch)
+      # Members that diverged earlier are not recorded again.
+      records = [None if i in diverged else
+                 member_record(outputs, i, group.configs[i], epoch)
                  for i in range(num_real)]
-      new_best = [i not in diverged and not r[2]
+      new_best = [r is not None and not r[2]
                   and r[0]["test_elbo"] > best_elbo[i]
                   for i, r in enumerate(records)]
       member_states = (jax.device_get(state) if save or any(new_best)
