@@ -4,6 +4,7 @@
   python scripts/bench.py --sweep 16          # a 16-member sweep epoch / a single-member epoch, same model and data
   python scripts/bench.py --sweep 16 --hidden 64 --latent_dim 2 --batch_size 32
   python scripts/bench.py --hidden 200,200 --latent_dim 50 --batch_size 20 --activation tanh --binarize dynamic --num_examples 6000
+  python scripts/bench.py ... --profile 25    # the step's 25 costliest XLA operations (jax.profiler), us per step
 
 epoch_over_floor: the epoch against XLA's own products timed alone;
 epoch_over_hardware: against the step's product FLOPs at the machine's peak
@@ -14,7 +15,7 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, devices
+from vae import bench, cli, devices, errors
 
 _HIDDEN = flags.DEFINE_list("hidden", ["400"], "MLP hidden widths.")
 _LATENT = flags.DEFINE_integer("latent_dim", 20, "Latent size.")
@@ -24,6 +25,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _EXAMPLES = flags.DEFINE_integer("num_examples", 10_000, "Examples per epoch.")
 _EPOCHS = flags.DEFINE_integer("epochs", 7, "Epochs timed after compilation (>= 5).")
 _PRODUCTS = flags.DEFINE_bool("show_products", False, "Include each product's timing.")
+_PROFILE = flags.DEFINE_integer(
+    "profile", 0, "If > 0: profile the step instead (jax.profiler) and list "
+    "its this many costliest operations, with the time per kind.")
 _SWEEP = flags.DEFINE_integer("sweep", 0, "If > 0: members of the sweep to time "
                               "against a single member.")
 _NUMERICS = flags.DEFINE_enum(
@@ -42,7 +46,13 @@ def main(argv):
     config = bench.bench_config(bench.parse_widths(_HIDDEN.value),
                                 _LATENT.value, _BATCH.value, _ACTIVATION.value,
                                 _BINARIZE.value)
-    if _SWEEP.value > 0:
+    if _PROFILE.value < 0:
+      raise errors.ConfigError(
+          f"--profile={_PROFILE.value} is not accepted: 0 (off) or how many "
+          "operations to list")
+    if _PROFILE.value > 0:
+      result = bench.step_profile(config, _EXAMPLES.value, top=_PROFILE.value)
+    elif _SWEEP.value > 0:
       result = bench.sweep_benchmark(_SWEEP.value, config, _EXAMPLES.value,
                                      max(5, _EPOCHS.value))
     else:

@@ -14,9 +14,13 @@ the k-sample bound. Every product is timed by :func:`product_seconds`.
 
 from __future__ import annotations
 
+import collections
+import glob
 import math
 import os
+import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +31,7 @@ import numpy as np
 
 from vae import config as config_lib
 from vae import core, devices as devices_lib, evaluate, models, preprocess
-from vae import restore, step, trainer as trainer_lib
+from vae import restore, runs, step, trainer as trainer_lib
 from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         _iwae_batch, chunk_layout, iwae_dataset,
                         log_importance_weights)
@@ -254,9 +258,109 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
       "hardware_floor_s": hardware_floor_s,
       "epoch_over_hardware": median / hardware_floor_s,
       "floor_products": products,
+      "xla_cpu_threads": runs.xla_cpu_threads(),
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],
       "jax": jax.__version__,
+  }
+
+
+# XLA's thread-pool bookkeeping in a CPU trace, not an operation.
+_EXECUTOR_EVENTS = ("ThunkExecutor", "SlinkyThreadPool")
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """Instruction name -> (kind, result shape) from a compiled module's text:
+  kind is "product (YNNPACK)", "product (XLA)", "element-wise fusion",
+  "loop" or the opcode (copy, gather, ...)."""
+  kinds = {}
+  for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$",
+                       hlo_text, re.M):
+    name, shape, opcode, rest = m.groups()
+    if opcode == "fusion" and "__ynn_fusion" in rest:
+      kind = "product (YNNPACK)"
+    elif opcode == "fusion" and "__xnn_fusion" in rest:
+      kind = "product (XNNPACK)"
+    elif opcode in ("dot", "convolution"):
+      kind = "product (XLA)"
+    elif opcode == "fusion":
+      kind = "element-wise fusion"
+    elif opcode == "while":
+      kind = "loop"
+    else:
+      kind = opcode
+    shape = re.sub(r"\{[^}]*\}|/\*[^*]*\*/", "", shape)
+    kinds[name] = (kind, shape if len(shape) <= 60 else shape[:57] + "...")
+  return kinds
+
+
+def step_profile(config=None, num_examples: int = 10_000, epochs: int = 3,
+                 top: int = 25) -> dict[str, Any]:
+  """Per-operation times of the training step, from ``jax.profiler``.
+
+  Traces ``epochs`` compiled epochs (after a warm-up) and sums, per XLA
+  operation, the durations the CPU runtime records on its thread pool.
+  Times are per step, in microseconds, under the profiler (which slows every
+  operation a little: compare shares, not absolute times, with the
+  unprofiled ``ms_per_step``). A loop's time includes its body's
+  operations, so loops are listed apart and left out of the totals.
+
+  Returns:
+    ``ops``: the ``top`` costliest operations (name, kind, shape, us per
+    step, calls per step); ``by_kind``: us per step per kind; ``loops``;
+    ``ops_us_per_step`` (their sum over every thread) and
+    ``profiled_wall_us_per_step``.
+  """
+  config = config if config is not None else bench_config()
+  config_lib.validate(config)
+  images = jnp.asarray(bench_images(num_examples))
+  group = trainer_lib.start_group([config], images.shape[0])
+  args = (group.state, images, 1, group.keys.train, group.settings)
+  compiled = group.trainer.train_epoch.lower(*args).compile()
+  kinds = hlo_op_kinds(compiled.as_text())
+  state, _ = compiled(*args)
+  jax.block_until_ready(state)
+  with tempfile.TemporaryDirectory() as trace_dir:
+    t0 = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      for epoch in range(2, 2 + epochs):
+        state, metrics = compiled(state, images, epoch, group.keys.train,
+                                  group.settings)
+        jax.block_until_ready((state, metrics))
+      wall = time.perf_counter() - t0
+    trace = jax.profiler.ProfileData.from_file(
+        glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
+                  recursive=True)[0])
+  total_ns, calls = collections.Counter(), collections.Counter()
+  for plane in trace.planes:
+    for line in plane.lines:
+      if "XLAEigen" not in line.name:  # XLA's CPU thread pool
+        continue
+      for event in line.events:
+        if not event.name.startswith(_EXECUTOR_EVENTS):
+          total_ns[event.name] += event.duration_ns
+          calls[event.name] += 1
+  steps = epochs * (num_examples // config.batch_size)
+  rows, loops, by_kind = [], [], collections.Counter()
+  for name, ns in total_ns.most_common():
+    kind, shape = kinds.get(name, ("other", "?"))
+    row = {"op": name, "kind": kind, "shape": shape,
+           "us_per_step": ns / steps / 1e3, "calls_per_step": calls[name] / steps}
+    if kind == "loop":
+      loops.append(row)
+    else:
+      rows.append(row)
+      by_kind[kind] += row["us_per_step"]
+  return {
+      "model": model_name(config),
+      "batch_size": config.batch_size,
+      "steps_profiled": steps,
+      "xla_cpu_threads": runs.xla_cpu_threads(),
+      "profiled_wall_us_per_step": wall / steps * 1e6,
+      "ops_us_per_step": sum(by_kind.values()),
+      "by_kind": dict(by_kind.most_common()),
+      "ops": rows[:top],
+      "loops": loops,
   }
 
 

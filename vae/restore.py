@@ -108,7 +108,8 @@ def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
 
 
 # Provenance fields a reference names when a run does not match it.
-REFERENCE_PROVENANCE = ("cpu_model", "cpu_isa", "usable_cores", "xla_flags",
+REFERENCE_PROVENANCE = ("cpu_model", "cpu_isa", "usable_cores",
+                        "xla_cpu_threads", "xla_flags",
                         "versions", "lock_sha256", "git_commit",
                         "device_count")
 

@@ -227,6 +227,21 @@ def lock_hash() -> str | None:
     return None
 
 
+def xla_cpu_threads() -> int:
+  """The size of XLA's CPU thread pool in this process: ``NPROC`` when set
+  (XLA's CPU client reads it), else the cores the process may use.
+
+  Results depend on it, not on the cores as such (measured on a 2-core
+  AVX2 EPYC: a run with ``NPROC=2`` on one core gives the bits of a run on
+  both cores, and ``NPROC=1`` on both cores those of one core): XLA and
+  YNNPACK split a matrix product into blocks by the pool's threads.
+  """
+  nproc = os.environ.get("NPROC", "").strip()
+  if nproc.isdigit() and int(nproc) > 0:
+    return int(nproc)
+  return len(os.sched_getaffinity(0))
+
+
 def host_provenance() -> dict[str, Any]:
   """What on this host can change a result's bits: the CPU and its
   instruction sets, XLA_FLAGS, the JAX options this process changed, the
@@ -238,9 +253,10 @@ def host_provenance() -> dict[str, Any]:
       "cpu_model": model,
       "cpu_isa": isa,
       "cpu_count": os.cpu_count(),
-      # XLA's CPU products split by the cores the process may use: measured,
-      # one jitted product gives other bits on 1 than on 2 usable cores.
       "usable_cores": len(os.sched_getaffinity(0)),
+      # Products split by XLA's CPU thread pool (see xla_cpu_threads).
+      "xla_cpu_threads": xla_cpu_threads(),
+      "nproc_env": os.environ.get("NPROC"),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # JAX options set from the environment, and the values of those that
       # can change numbers or devices (jax.config has no list of changes).
