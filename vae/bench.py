@@ -265,32 +265,47 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
   }
 
 
-# XLA's thread-pool bookkeeping in a CPU trace, not an operation.
-_EXECUTOR_EVENTS = ("ThunkExecutor", "SlinkyThreadPool")
-
-
 def hlo_op_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
-  """Instruction name -> (kind, result shape) from a compiled module's text:
-  kind is "product (YNNPACK)", "product (XLA)", "element-wise fusion",
-  "loop" or the opcode (copy, gather, ...)."""
+  """Operation name -> (kind, result shape) for every operation a compiled
+  module runs (those of the entry and loop computations; the instructions
+  inside a fusion are part of it and are not listed). Kind: "product
+  (YNNPACK)", "product (XLA)", "YNNPACK fusion" (a YNNPACK kernel with no
+  product, e.g. a sum), "element-wise fusion", "loop" or the opcode."""
+  instruction = re.compile(
+      r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$")
+  computations, current = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY )?%([\w.\-]+) .*\{$", line)
+    if header:
+      current = computations.setdefault(header.group(1), [])
+    elif current is not None and (m := instruction.match(line)):
+      current.append(m.groups())
+  fused = {callee for ops in computations.values()
+           for _, _, opcode, rest in ops if opcode == "fusion"
+           for callee in re.findall(r"calls=%([\w.\-]+)", rest)}
   kinds = {}
-  for m in re.finditer(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$",
-                       hlo_text, re.M):
-    name, shape, opcode, rest = m.groups()
-    if opcode == "fusion" and "__ynn_fusion" in rest:
-      kind = "product (YNNPACK)"
-    elif opcode == "fusion" and "__xnn_fusion" in rest:
-      kind = "product (XNNPACK)"
-    elif opcode in ("dot", "convolution"):
-      kind = "product (XLA)"
-    elif opcode == "fusion":
-      kind = "element-wise fusion"
-    elif opcode == "while":
-      kind = "loop"
-    else:
-      kind = opcode
-    shape = re.sub(r"\{[^}]*\}|/\*[^*]*\*/", "", shape)
-    kinds[name] = (kind, shape if len(shape) <= 60 else shape[:57] + "...")
+  for computation, ops in computations.items():
+    if computation in fused:
+      continue
+    for name, shape, opcode, rest in ops:
+      callee = re.search(r"calls=%([\w.\-]+)", rest)
+      has_product = callee is not None and any(
+          op in ("dot", "convolution") for _, _, op, _ in
+          computations.get(callee.group(1), ()))
+      if opcode == "fusion" and "__ynn_fusion" in rest:
+        kind = "product (YNNPACK)" if has_product else "YNNPACK fusion"
+      elif opcode == "fusion" and "__xnn_fusion" in rest:
+        kind = "product (XNNPACK)" if has_product else "XNNPACK fusion"
+      elif opcode in ("dot", "convolution") or has_product:
+        kind = "product (XLA)"
+      elif opcode == "fusion":
+        kind = "element-wise fusion"
+      elif opcode == "while":
+        kind = "loop"
+      else:
+        kind = opcode
+      shape = re.sub(r"\{[^}]*\}|/\*[^*]*\*/", "", shape)
+      kinds[name] = (kind, shape if len(shape) <= 60 else shape[:57] + "...")
   return kinds
 
 
@@ -299,7 +314,8 @@ def step_profile(config=None, num_examples: int = 10_000, epochs: int = 3,
   """Per-operation times of the training step, from ``jax.profiler``.
 
   Traces ``epochs`` compiled epochs (after a warm-up) and sums, per XLA
-  operation, the durations the CPU runtime records on its thread pool.
+  operation, the durations the CPU runtime records on any thread (its pool
+  and the caller); instructions inside a fusion count as the fusion.
   Times are per step, in microseconds, under the profiler (which slows every
   operation a little: compare shares, not absolute times, with the
   unprofiled ``ms_per_step``). A loop's time includes its body's
@@ -333,17 +349,15 @@ def step_profile(config=None, num_examples: int = 10_000, epochs: int = 3,
                   recursive=True)[0])
   total_ns, calls = collections.Counter(), collections.Counter()
   for plane in trace.planes:
-    for line in plane.lines:
-      if "XLAEigen" not in line.name:  # XLA's CPU thread pool
-        continue
+    for line in plane.lines:  # every thread: the pool's and the caller's
       for event in line.events:
-        if not event.name.startswith(_EXECUTOR_EVENTS):
+        if event.name in kinds:
           total_ns[event.name] += event.duration_ns
           calls[event.name] += 1
   steps = epochs * (num_examples // config.batch_size)
   rows, loops, by_kind = [], [], collections.Counter()
   for name, ns in total_ns.most_common():
-    kind, shape = kinds.get(name, ("other", "?"))
+    kind, shape = kinds[name]
     row = {"op": name, "kind": kind, "shape": shape,
            "us_per_step": ns / steps / 1e3, "calls_per_step": calls[name] / steps}
     if kind == "loop":
