@@ -186,22 +186,31 @@ def matmul_floor(step_fn, step_args, num_steps: int, repeats: int = 7
   return sum(p["epoch_s"] for p in products), products
 
 
-def _timed_epochs(config, images, num_members: int, epochs: int, devices=None):
-  """(compile seconds, per-epoch seconds, trainer, state, hyper, keys) of a
-  group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``, its
+def _compiled_epoch(config, images, num_members: int = 1, devices=None):
+  """(group, images placed for it, compiled epoch, seconds the compilation
+  took) of ``num_members`` stacked runs (seeds 0..M-1) of ``config``, the
   member axis sharded over ``devices`` as a sweep shards it."""
   group = trainer_lib.start_group(
       [config_lib.with_fields(config, seed=config.seed + i)
        for i in range(num_members)], images.shape[0], devices)
+  images = devices_lib.place(images, group.replicated)
+  epoch_args = (group.state, images, 1, group.keys.train, group.settings)
+  train_epoch = group.trainer.train_epoch
+  t0 = time.perf_counter()
+  compiled = (train_epoch.compile(*epoch_args)
+              if isinstance(train_epoch, devices_lib.PerDevice)
+              else train_epoch.lower(*epoch_args).compile())
+  return group, images, compiled, time.perf_counter() - t0
+
+
+def _timed_epochs(config, images, num_members: int, epochs: int, devices=None):
+  """(compile seconds, per-epoch seconds, trainer, state, hyper, keys) of a
+  group of ``num_members`` stacked runs (seeds 0..M-1) of ``config``, its
+  member axis sharded over ``devices`` as a sweep shards it."""
+  group, images, compiled, compile_s = _compiled_epoch(
+      config, images, num_members, devices)
   trainer, state, keys, hyper = (group.trainer, group.state, group.keys,
                                  group.settings)
-  images = devices_lib.place(images, group.replicated)
-  t0 = time.perf_counter()
-  epoch_args = (state, images, 1, keys.train, hyper)
-  compiled = (trainer.train_epoch.compile(*epoch_args)
-              if isinstance(trainer.train_epoch, devices_lib.PerDevice)
-              else trainer.train_epoch.lower(*epoch_args).compile())
-  compile_s = time.perf_counter() - t0
   state, _ = compiled(state, images, 1, keys.train, hyper)  # warm-up
   jax.block_until_ready(state)
   epoch_s = []
@@ -329,12 +338,10 @@ def step_profile(config=None, num_examples: int = 10_000, epochs: int = 3,
   """
   config = config if config is not None else bench_config()
   config_lib.validate(config)
-  images = jnp.asarray(bench_images(num_examples))
-  group = trainer_lib.start_group([config], images.shape[0])
-  args = (group.state, images, 1, group.keys.train, group.settings)
-  compiled = group.trainer.train_epoch.lower(*args).compile()
+  group, images, compiled, _ = _compiled_epoch(
+      config, jnp.asarray(bench_images(num_examples)))
   kinds = hlo_op_kinds(compiled.as_text())
-  state, _ = compiled(*args)
+  state, _ = compiled(group.state, images, 1, group.keys.train, group.settings)
   jax.block_until_ready(state)
   with tempfile.TemporaryDirectory() as trace_dir:
     t0 = time.perf_counter()
