@@ -15,7 +15,7 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, devices, errors
+from vae import bench, cli, devices, errors, numerics
 
 _HIDDEN = flags.DEFINE_list("hidden", ["400"], "MLP hidden widths.")
 _LATENT = flags.DEFINE_integer("latent_dim", 20, "Latent size.")
@@ -31,8 +31,8 @@ _PROFILE = flags.DEFINE_integer(
 _SWEEP = flags.DEFINE_integer("sweep", 0, "If > 0: members of the sweep to time "
                               "against a single member.")
 _NUMERICS = flags.DEFINE_enum(
-    "numerics", "default", devices.NUMERICS,
-    "Numerics mode of the process (see vae/devices.py), as config.numerics.")
+    "numerics", "default", numerics.MODES,
+    "Numerics mode of the process (see vae/numerics.py), as config.numerics.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "CPU devices to expose (0: one per core); a sweep's "
     "member axis is sharded over them.")
@@ -41,7 +41,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   with cli.user_errors():
-    devices.configure_numerics(_NUMERICS.value)
+    numerics.configure(_NUMERICS.value)
     devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     config = bench.bench_config(bench.parse_widths(_HIDDEN.value),
                                 _LATENT.value, _BATCH.value, _ACTIVATION.value,

@@ -38,7 +38,8 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, data, devices, evaluate, report, runs
+from vae import bench, cli, config as config_lib, data, evaluate, numerics
+from vae import report, runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")
@@ -81,7 +82,7 @@ flags.register_multi_flags_validator(
 
 
 def _bench():
-  devices.configure_numerics("default")
+  numerics.configure("default")
   result = bench.iwae_benchmark(
       _WORKDIR.value, k=_K.value, num_examples=_BENCH_EXAMPLES.value,
       batch_size=_BATCH.value, chunk_size=_CHUNK.value, seed=_SEED.value,
@@ -104,6 +105,8 @@ def main(argv):
       return
     checkpoint = runs.parse_checkpoint(_CHECKPOINT.value)
     is_sweep, members = runs.find_runs(_WORKDIR.value)
+    # Before JAX starts; a member of another mode is then refused alone.
+    numerics.configure(config_lib.load_config(members[0]).numerics)
     if _DATA.value:
       data.load_images_file(_DATA.value)  # a bad file fails here, once
     results = []

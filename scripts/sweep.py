@@ -17,7 +17,7 @@ signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protec
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
-from vae import cli, devices, launch, report, shards, sweep
+from vae import cli, devices, launch, numerics, report, shards, sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
                                           lock_config=True)
@@ -57,6 +57,7 @@ def main(argv):
                            executor=_EXECUTOR.value,
                            max_retries=_RETRIES.value)
     else:
+      numerics.configure(sweep.numerics_mode(_CONFIG.value))  # before JAX starts
       devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
       shard = (shards.parse_shard(_SHARD.value) if _SHARD.value
                else shards.shard_from_environment())

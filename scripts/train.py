@@ -16,7 +16,7 @@ signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protec
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
-from vae import cli, report, runs, train
+from vae import cli, numerics, report, runs, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -31,6 +31,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
+    numerics.configure(_CONFIG.value.numerics)  # before JAX starts
     summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value and _LOG_EVERY.value,
                         should_stop=should_stop)
     print(report.summary_table(summary, runs.read_metrics(_WORKDIR.value)))

@@ -2,9 +2,9 @@
 starts JAX), and the fault-injection count (issue: "count them and print the
 count in the test output")."""
 
-from vae import devices
+from vae import numerics
 
-devices.configure_numerics("default")
+numerics.configure("default")
 
 
 def pytest_configure(config):

@@ -322,8 +322,8 @@ def test_a_log_file_gets_one_line_per_n_epochs_not_redraws(tmp_path):
 
 def test_portable_numerics_turns_the_runtime_chosen_kernels_off():
   code = (
-      "import sys; from vae import devices; "
-      "devices.configure_numerics(sys.argv[1]); import jax, jax.numpy as jnp; "
+      "import sys; from vae import numerics; "
+      "numerics.configure(sys.argv[1]); import jax, jax.numpy as jnp; "
       "f = jax.jit(lambda a, b: jnp.tanh(a @ b)); "
       "a = jnp.ones((20, 784)); b = jnp.ones((784, 200)); "
       "print('ynn_fusion' in f.lower(a, b).compile().as_text())")
@@ -339,8 +339,8 @@ def test_portable_numerics_turns_the_runtime_chosen_kernels_off():
 
 
 _PRODUCTS = (
-    "import sys, hashlib; from vae import devices; "
-    "devices.configure_numerics(sys.argv[1]); import jax, numpy as np; "
+    "import sys, hashlib; from vae import numerics; "
+    "numerics.configure(sys.argv[1]); import jax, numpy as np; "
     "k1, k2 = jax.random.split(jax.random.key(0)); "
     "a = jax.random.normal(k1, (784, 512)); b = jax.random.normal(k2, (512, 400)); "
     "r = jax.jit(lambda a, b: (a.T @ (a @ b), a @ b))(a, b); "

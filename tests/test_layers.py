@@ -2,10 +2,7 @@
 imports only from a lower tier or an earlier module of its own tier, and no
 ``vae`` import is written inside a function.
 
-Read with ``ast``, so nothing is imported to check it. Deprecated aliases
-(a module's ``_MOVED`` table, resolved lazily by ``vae.errors.moved``) are
-not edges: they keep old names working for one release without an import;
-each is checked to resolve to an existing object.
+Read with ``ast``, so nothing is imported to check it.
 
 ``python tests/test_layers.py`` prints the import graph, tier by tier.
 """
@@ -13,9 +10,7 @@ each is checked to resolve to an existing object.
 from __future__ import annotations
 
 import ast
-import importlib
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,8 +19,8 @@ VAE_DIR = Path(__file__).resolve().parents[1] / "vae"
 
 # Tiers, lowest first; within a tier, a module may import the ones before it.
 TIERS = {
-    "A foundations": ["errors", "rng", "likelihoods", "data", "checkpoint",
-                      "runs", "devices"],
+    "A foundations": ["errors", "rng", "numerics", "likelihoods", "data",
+                      "checkpoint", "runs", "devices"],
     "B math": ["models", "core", "optim", "objectives", "bounds",
                "diagnostics", "images", "preprocess"],
     "C config and state": ["config", "state", "grouping", "shards",
@@ -126,36 +121,6 @@ def test_no_module_is_over_the_size_limit_unless_cohesive():
            for p in VAE_DIR.glob("*.py")}
   assert {m: n for m, n in sizes.items()
           if n > MAX_LINES and m not in COHESIVE} == {}
-
-
-def _moved_tables():
-  for p in sorted(VAE_DIR.glob("*.py")):
-    for node in ast.parse(p.read_text()).body:
-      if (isinstance(node, ast.Assign) and len(node.targets) == 1
-          and getattr(node.targets[0], "id", None) == "_MOVED"):
-        yield p.stem, ast.literal_eval(node.value)
-
-
-@pytest.mark.parametrize("module,table", list(_moved_tables()))
-def test_deprecated_aliases_resolve_and_warn(module, table):
-  mod = importlib.import_module(f"vae.{module}")
-  defined_here = sorted(set(table) & set(vars(mod)))
-  assert not defined_here, f"vae.{module} lists names it defines in _MOVED"
-  for name, target in table.items():
-    target_module, _, new_name = target.partition(":")
-    expected = getattr(importlib.import_module(target_module),
-                       new_name or name)
-    with pytest.warns(DeprecationWarning, match=f"vae.{module}.{name} moved"):
-      assert getattr(mod, name) is expected
-  with pytest.raises(AttributeError):
-    getattr(mod, "no_such_name")
-
-
-def test_the_library_itself_uses_no_deprecated_alias():
-  with warnings.catch_warnings():
-    warnings.simplefilter("error", DeprecationWarning)
-    for module in ORDER:
-      importlib.import_module("vae" if module == "__init__" else f"vae.{module}")
 
 
 def main() -> int:

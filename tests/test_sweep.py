@@ -212,8 +212,8 @@ def test_report_table_csv_and_rate_distortion_plot(tmp_path):
 
 SHARDED_SCRIPT = """
 import json, sys, jax, numpy as np, ml_collections
-from vae import devices, restore, sweep
-devices.configure_numerics("default")
+from vae import numerics, restore, sweep
+numerics.configure("default")
 from vae import config as config_lib
 assert len(jax.devices()) == 4, jax.devices()
 config = config_lib.default_config()
@@ -326,8 +326,8 @@ def test_readme_member_vs_standalone_full_size(tmp_path):
 
 AVX2_SCRIPT = """
 import sys, json, jax, jax.numpy as jnp, numpy as np
-from vae import config as config_lib, devices, preprocess, state, trainer
-devices.configure_numerics("default")
+from vae import config as config_lib, numerics, preprocess, state, trainer
+numerics.configure("default")
 base = config_lib.with_fields(hidden_sizes=(64,), latent_dim=4, batch_size=64)
 ds = preprocess.load_dataset(base)
 images = jnp.asarray(ds.train_images[:512])

@@ -31,7 +31,7 @@ import numpy as np
 
 from vae import config as config_lib
 from vae import core, devices as devices_lib, evaluate, models, preprocess
-from vae import restore, runs, step, trainer as trainer_lib
+from vae import numerics, restore, step, trainer as trainer_lib
 from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         _iwae_batch, chunk_layout, iwae_dataset,
                         log_importance_weights)
@@ -267,7 +267,7 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
       "hardware_floor_s": hardware_floor_s,
       "epoch_over_hardware": median / hardware_floor_s,
       "floor_products": products,
-      "xla_cpu_threads": runs.xla_cpu_threads(),
+      "xla_cpu_threads": numerics.xla_cpu_threads(),
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],
       "jax": jax.__version__,
@@ -376,7 +376,7 @@ def step_profile(config=None, num_examples: int = 10_000, epochs: int = 3,
       "model": model_name(config),
       "batch_size": config.batch_size,
       "steps_profiled": steps,
-      "xla_cpu_threads": runs.xla_cpu_threads(),
+      "xla_cpu_threads": numerics.xla_cpu_threads(),
       "profiled_wall_us_per_step": wall / steps * 1e6,
       "ops_us_per_step": sum(by_kind.values()),
       "by_kind": dict(by_kind.most_common()),

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from vae import data, devices, likelihoods, models, runs
+from vae import data, likelihoods, models, numerics, runs
 from vae.errors import ConfigError
 from vae.objectives import (BERNOULLI_FORMS, IWAE_GRADIENTS, KL_SCHEDULES,
                             OBJECTIVES, REDUCTIONS)
@@ -35,7 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (a 784-400-20 Bernoulli MLP on mnist_5k)."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # everything random derives from jax.random.key(seed)
-  c.numerics = "default"  # see vae.devices: XLA CPU flags of the process
+  c.numerics = "default"  # see vae.numerics: XLA CPU flags of the process
 
   # Data.
   c.dataset = "mnist_5k"  # see vae.data.DATASETS
@@ -149,7 +149,7 @@ def validate(config: ml_collections.ConfigDict,
   if config.seed > MAX_SEED:  # jax.random.key takes a 32-bit signed seed
     _fail("seed", config.seed, f"an integer in [0, {MAX_SEED}]")
   _choice(config, "dataset", datasets)
-  _choice(config, "numerics", devices.NUMERICS)
+  _choice(config, "numerics", numerics.MODES)
   _choice(config, "binarize", BINARIZE)
   _choice(config, "architecture", models.ARCHITECTURES)
   _choice(config, "activation", models.ACTIVATIONS)

@@ -1,30 +1,8 @@
-"""Device placement and process-level XLA set-up: the numerics mode, CPU
-cores as devices, the sharded member axis, and :class:`PerDevice`, which
-runs one single-device program per device.
+"""Device placement: CPU cores as devices, the sharded member axis, and
+:class:`PerDevice`, which runs one single-device program per device.
 
-Numerics modes (``config.numerics``), set through ``XLA_FLAGS`` before JAX
-starts its CPU backend (:func:`configure_numerics`):
-
-* ``"default"``: XLA's own CPU code is capped at AVX (no FMA). With FMA, LLVM
-  contracts a multiply and an add into one fused multiply-add wherever two
-  ops share a fused kernel, and XLA fuses differently for different member
-  counts, so an optimizer step rounded differently in a sweep than alone.
-  Without it every element-wise op rounds once, whatever the fusion. The
-  matrix products still use the machine's fastest kernels (YNNPACK's,
-  chosen at run time for the processor: results can differ in the last bits
-  between an AVX2 and an AVX-512 machine).
-* ``"portable"``: also turns YNNPACK and XNNPACK off, so matrix products
-  are XLA's own code under the same AVX cap, the same instructions on any
-  x86-64 machine with AVX, and pins XLA's CPU thread pool to
-  :data:`PORTABLE_CPU_THREADS` threads (``NPROC``), since products are split
-  into blocks by the pool's threads: the same bits on any number of cores.
-  The aim: bitwise-identical runs on AVX2 and AVX-512 machines (see the
-  README's reproducibility section for what was measured); slower
-  (``scripts/bench.py --numerics portable``), and on a machine with more
-  cores it uses only that many threads.
-
-In either mode ``NPROC=n`` in the environment sets the pool's size by hand
-(``provenance.json`` records it as ``xla_cpu_threads``).
+(The numerics mode of the process, XLA flags set before JAX starts, is
+:mod:`vae.numerics`'s.)
 
 A sweep's members are stacked on a leading axis. With several devices that
 axis is sharded over a 1-D ``members`` mesh (:func:`member_sharding`), and
@@ -35,99 +13,12 @@ every device runs the *single-device* program on its own block of members
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any
 
 import jax
 import numpy as np
 
-from vae import runs
 from vae.errors import ConfigError
-
-NUMERICS = ("default", "portable")
-_AVX_CAP = ("--xla_cpu_max_isa=AVX",)
-_NO_RUNTIME_KERNELS = ("--xla_cpu_experimental_ynn_fusion_type=",
-                       "--xla_cpu_use_xnnpack=false")
-_X86 = ("x86_64", "amd64", "i386", "i686")
-# XLA's CPU thread pool in portable mode: the size the references in
-# docs/reference/ were produced with (2 usable cores, before it was pinned).
-PORTABLE_CPU_THREADS = 2
-
-
-def numerics_flags(mode: str) -> tuple[str, ...]:
-  """The ``XLA_FLAGS`` entries of numerics ``mode`` on this machine (none
-  off x86, where the ISA names differ)."""
-  if mode not in NUMERICS:
-    raise ConfigError(f"config.numerics={mode!r} is not accepted: one of "
-                      f"{NUMERICS}")
-  portable = _NO_RUNTIME_KERNELS if mode == "portable" else ()
-  if platform.machine().lower() not in _X86:
-    return portable
-  return _AVX_CAP + portable
-
-
-def _backend_started() -> bool:
-  from jax._src import xla_bridge  # no public query of this
-  return xla_bridge.backends_are_initialized()
-
-
-def configure_numerics(mode: str) -> str:
-  """Set ``XLA_FLAGS`` for numerics ``mode`` (see the module docstring);
-  returns the resulting ``XLA_FLAGS``.
-
-  Must run before JAX starts its backend (the first computation or device
-  query); once started, the flags must already be in ``XLA_FLAGS``.
-
-  Raises:
-    ConfigError: an unknown mode; ``XLA_FLAGS`` sets one of the mode's
-      flags to another value; or the backend started without them.
-  """
-  wanted = numerics_flags(mode)
-  current = os.environ.get("XLA_FLAGS", "").split()
-  names = {f.split("=")[0]: f for f in current}
-  missing = []
-  for flag in wanted:
-    name = flag.split("=")[0]
-    if name in names and names[name] != flag:
-      raise ConfigError(
-          f"config.numerics={mode!r} needs {flag}, but XLA_FLAGS sets "
-          f"{names[name]}: unset it, or drop it from XLA_FLAGS")
-    if name not in names:
-      missing.append(flag)
-  if missing:
-    if _backend_started():
-      raise ConfigError(
-          f"config.numerics={mode!r} needs XLA_FLAGS={' '.join(missing)} "
-          "before JAX starts its backend, and it has already started: call "
-          f"vae.devices.configure_numerics({mode!r}) first thing (the "
-          "scripts do), or set XLA_FLAGS before starting Python")
-    os.environ["XLA_FLAGS"] = " ".join(current + missing)
-  if mode == "portable":
-    _pin_cpu_threads(mode, PORTABLE_CPU_THREADS)
-  return os.environ.get("XLA_FLAGS", "")
-
-
-def _pin_cpu_threads(mode: str, threads: int) -> None:
-  """Set ``NPROC`` (read by XLA's CPU client when it starts) to ``threads``.
-
-  Raises:
-    ConfigError: ``NPROC`` is set to another value, or the backend started
-      with another pool size.
-  """
-  nproc = os.environ.get("NPROC")
-  if nproc is not None and nproc.strip() != str(threads):
-    raise ConfigError(
-        f"config.numerics={mode!r} needs NPROC={threads} (XLA's CPU thread "
-        f"pool; results depend on its size), but NPROC={nproc!r} is set: "
-        "unset it")
-  if nproc is None:
-    if _backend_started() and runs.xla_cpu_threads() != threads:
-      raise ConfigError(
-          f"config.numerics={mode!r} needs NPROC={threads} before JAX starts "
-          "its backend, and it has already started: call "
-          f"vae.devices.configure_numerics({mode!r}) first thing (the "
-          "scripts do), or set NPROC before starting Python")
-    os.environ["NPROC"] = str(threads)
 
 
 def use_cpu_cores_as_devices(count: int = 0) -> int:

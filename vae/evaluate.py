@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from vae import config as config_lib
-from vae import data, devices, errors, preprocess, restore, rng, runs
+from vae import data, numerics, preprocess, restore, rng, runs
 from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         SAMPLE_BLOCK, chunk_layout, iwae_dataset)
 from vae.diagnostics import (ACTIVE_UNIT_THRESHOLD, KL_FLOOR,
@@ -46,17 +46,6 @@ from vae.rng import IWAE_STREAM, MI_STREAM
 
 EVAL_FILE = runs.EVAL_FILE
 eval_file_name = runs.eval_file_name
-
-# Deprecated aliases (one release): names that moved out of this module.
-_MOVED = {
-    "IwaeTerms": "vae.bounds", "example_keys": "vae.bounds",
-    "standard_normals": "vae.bounds", "log_importance_weights": "vae.bounds",
-    "iwae_terms": "vae.bounds", "iwae_bound": "vae.bounds",
-    "kl_per_dimension": "vae.diagnostics",
-    "format_table": "vae.report:evaluation_table",
-    "iwae_floor": "vae.bench", "iwae_benchmark": "vae.bench",
-}
-__getattr__ = errors.moved(__name__, _MOVED)
 
 
 def evaluate_params(params, images, key: jax.Array, *, model: VAE,
@@ -276,7 +265,7 @@ def evaluate_run(workdir: str | Path, *, k: int = DEFAULT_K,
   t0 = time.perf_counter()
   workdir = Path(workdir)
   which = runs.parse_checkpoint(checkpoint)
-  devices.configure_numerics(config_lib.load_config(workdir).numerics)
+  numerics.check(config_lib.load_config(workdir).numerics)
   run = restore.load_run(workdir, which)
   images, described = eval_images(run.config, data_path)
   t1 = time.perf_counter()

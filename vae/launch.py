@@ -21,7 +21,7 @@ from typing import Any, Callable
 import ml_collections
 
 from vae import config as config_lib
-from vae import report, runs, shards, sweep
+from vae import numerics, report, runs, shards, sweep
 from vae.errors import RunError
 
 EXECUTORS = ("local", "slurm")
@@ -33,6 +33,8 @@ def train_shard(workdir: str, index: int, count: int) -> list[str]:
   ``workdir/sweep_config.json``, this shard's members only. Returns the
   names of the members it trained."""
   config = config_lib.load_sweep_config(Path(workdir))
+  # The job's entry point: its process has not started JAX yet.
+  numerics.configure(sweep.numerics_mode(config))
   rows = sweep.run_sweep(config, workdir, progress=False, log=print,
                          shard=shards.Shard(index, count))
   return [r["member"] for r in rows]

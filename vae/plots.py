@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core, diagnostics, errors
+from vae import core, diagnostics
 from vae.images import (decode_means, encode_all, for_display,
                         latent_dim, manifold_latents, neighbourhood_latents,
                         pick_indices, project_2d, reconstruction_grid,
@@ -37,16 +37,6 @@ from vae.images import (decode_means, encode_all, for_display,
 from vae.models import VAE
 
 DPI = 100
-
-# Deprecated aliases (one release): names that moved out of this module.
-_MOVED = {
-    "plot_run": "vae.figures", "plot_sweep": "vae.figures",
-    "load_test_set": "vae.preprocess", "HeldOut": "vae.preprocess",
-    "normal_quantiles": "vae.images", "FIGURES_DIR": "vae.runs",
-    "PICK_STREAM": "vae.rng", "RECON_STREAM": "vae.rng",
-    "PRIOR_STREAM": "vae.rng", "SCATTER_STREAM": "vae.rng",
-}
-__getattr__ = errors.moved(__name__, _MOVED)
 
 
 class Drawn(NamedTuple):

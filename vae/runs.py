@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
-from vae import errors
+from vae import numerics
 from vae.errors import RunError
 
 CONFIG_FILE = "config.json"
@@ -73,9 +73,6 @@ SWEEP_FIGURE_FILES = {
 
 # Fields that may change when a run is resumed (extending training).
 RESUMABLE_CHANGES = ("num_epochs", "eval_k")
-
-_MOVED = {"load_config": "vae.config", "prepare_workdir": "vae.train"}
-__getattr__ = errors.moved(__name__, _MOVED)
 
 
 def _write_json_synced(path: Path, obj: Any) -> None:
@@ -227,21 +224,6 @@ def lock_hash() -> str | None:
     return None
 
 
-def xla_cpu_threads() -> int:
-  """The size of XLA's CPU thread pool in this process: ``NPROC`` when set
-  (XLA's CPU client reads it), else the cores the process may use.
-
-  Results depend on it, not on the cores as such (measured on a 2-core
-  AVX2 EPYC: a run with ``NPROC=2`` on one core gives the bits of a run on
-  both cores, and ``NPROC=1`` on both cores those of one core): XLA and
-  YNNPACK split a matrix product into blocks by the pool's threads.
-  """
-  nproc = os.environ.get("NPROC", "").strip()
-  if nproc.isdigit() and int(nproc) > 0:
-    return int(nproc)
-  return len(os.sched_getaffinity(0))
-
-
 def host_provenance() -> dict[str, Any]:
   """What on this host can change a result's bits: the CPU and its
   instruction sets, XLA_FLAGS, the JAX options this process changed, the
@@ -254,8 +236,8 @@ def host_provenance() -> dict[str, Any]:
       "cpu_isa": isa,
       "cpu_count": os.cpu_count(),
       "usable_cores": len(os.sched_getaffinity(0)),
-      # Products split by XLA's CPU thread pool (see xla_cpu_threads).
-      "xla_cpu_threads": xla_cpu_threads(),
+      # Products split by XLA's CPU thread pool (numerics.xla_cpu_threads).
+      "xla_cpu_threads": numerics.xla_cpu_threads(),
       "nproc_env": os.environ.get("NPROC"),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # JAX options set from the environment, and the values of those that

@@ -22,20 +22,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from vae import devices as devices_lib
-from vae import errors, evaluate, grouping, report, runs, shards, train
-
-# Deprecated aliases (one release): names that moved out of this module.
-_MOVED = {
-    "members": "vae.grouping", "member_name": "vae.grouping",
-    "groups": "vae.grouping", "family": "vae.grouping",
-    "main_family": "vae.grouping",
-    "table": "vae.report:sweep_table", "write_report": "vae.report",
-    "TABLE_COLUMNS": "vae.report", "EVAL_COLUMNS": "vae.report",
-    "REPORT_CSV": "vae.runs", "REPORT_JSON": "vae.runs",
-    "RATE_DISTORTION_PNG": "vae.runs",
-}
-__getattr__ = errors.moved(__name__, _MOVED)
+from vae import errors, evaluate, grouping, numerics, report, runs, shards, train
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -61,12 +48,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
     rate/distortion, status, seconds, best epoch.
   """
   named = grouping.members(config)
-  modes = sorted({c.numerics for _, c in named})
-  if len(modes) > 1:
-    raise errors.ConfigError(
-        f"config.sweep sets numerics to {modes}: not accepted, the members "
-        "of one sweep process share its XLA flags (run one sweep per mode)")
-  devices_lib.configure_numerics(modes[0])
+  numerics.check(numerics_mode(config))
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   record_sweep_config(workdir, config)
@@ -93,6 +75,21 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if config.eval_k > 0:
     add_evaluation(rows, workdir, config.eval_k, log)
   return rows
+
+
+def numerics_mode(config: ml_collections.ConfigDict) -> str:
+  """The one numerics mode of a sweep's members (what its entry point
+  passes to :func:`vae.numerics.configure` before JAX starts).
+
+  Raises:
+    errors.ConfigError: the members ask for more than one mode.
+  """
+  modes = sorted({c.numerics for _, c in grouping.members(config)})
+  if len(modes) > 1:
+    raise errors.ConfigError(
+        f"config.sweep sets numerics to {modes}: not accepted, the members "
+        "of one sweep process share its XLA flags (run one sweep per mode)")
+  return modes[0]
 
 
 def record_sweep_config(workdir: Path, config: ml_collections.ConfigDict

@@ -35,7 +35,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from vae import checkpoint, devices as devices_lib, errors, grouping, optim
+from vae import checkpoint, devices as devices_lib, errors, grouping
+from vae import numerics, optim
 from vae import preprocess, restore, rng, runs, tensorboard
 from vae import config as config_lib
 from vae import trainer as trainer_lib
@@ -44,35 +45,6 @@ from vae.objectives import TRACED_FIELDS, dataset_metrics, epoch_metrics
 from vae.state import stack, unstack
 
 __all__ = ["Hooks", "fit", "fit_members", "prepare_workdir"]
-
-# Deprecated aliases (one release): names that moved out of this module.
-_MOVED = {
-    "load_run": "vae.restore", "compare_runs": "vae.restore",
-    "LoadedRun": "vae.restore", "TrainState": "vae.state",
-    "Hyper": "vae.objectives:TracedSettings",
-    "hyper_from_config": "vae.objectives:traced_settings",
-    "kl_weight": "vae.objectives", "loss_fn": "vae.objectives",
-    "Objective": "vae.objectives", "KL_SCHEDULES": "vae.objectives",
-    "member_keys": "vae.rng", "data_key": "vae.rng", "epoch_keys": "vae.rng",
-    "MemberKeys": "vae.rng", "INIT_STREAM": "vae.rng",
-    "TRAIN_STREAM": "vae.rng", "EVAL_STREAM": "vae.rng",
-    "DATA_STREAM": "vae.rng",
-    "make_optimizer": "vae.optim", "learning_rate_schedule": "vae.optim",
-    "iwae_stage_boundaries": "vae.optim",
-    "current_learning_rate": "vae.optim",
-    "train_step": "vae.step", "train_epoch": "vae.step",
-    "all_finite": "vae.step",
-    "evaluation_terms": "vae.bounds:dataset_elbo_terms",
-    "Trainer": "vae.trainer", "make_trainer": "vae.trainer",
-    "start_group": "vae.trainer", "Group": "vae.trainer",
-    "PerDevice": "vae.devices", "use_cpu_cores_as_devices": "vae.devices",
-    "member_devices": "vae.devices", "place": "vae.devices",
-    "prepare_images": "vae.preprocess", "prepare_test_images": "vae.preprocess",
-    "static_signature": "vae.grouping", "summary_table": "vae.report",
-    "DIVERGED_FILE": "vae.runs", "build_model": "vae.models",
-    "init_params": "vae.models",
-}
-__getattr__ = errors.moved(__name__, _MOVED)
 
 
 def _never() -> None:
@@ -140,7 +112,7 @@ def fit_members(configs: list[ml_collections.ConfigDict],
     raise ValueError("fit_members needs one workdir per config")
   for config in configs:
     config_lib.validate(config)
-  devices_lib.configure_numerics(configs[0].numerics)
+  numerics.check(configs[0].numerics)
   if len({grouping.static_signature(c) for c in configs}) > 1:
     raise ConfigError(
         "fit_members: members differ in a field that is not traced; only "
