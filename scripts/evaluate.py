@@ -38,7 +38,7 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, config as config_lib, data, evaluate, numerics
+from vae import bench, cli, data, evaluate, numerics
 from vae import report, runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
@@ -106,7 +106,7 @@ def main(argv):
     checkpoint = runs.parse_checkpoint(_CHECKPOINT.value)
     is_sweep, members = runs.find_runs(_WORKDIR.value)
     # Before JAX starts; a member of another mode is then refused alone.
-    numerics.configure(config_lib.load_config(members[0]).numerics)
+    numerics.configure(runs.load_config(members[0]).numerics)
     if _DATA.value:
       data.load_images_file(_DATA.value)  # a bad file fails here, once
     results = []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from vae import cli, config as config_lib, figures, numerics, runs
+from vae import cli, figures, numerics, runs
 from vae import tensorboard
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
@@ -49,7 +49,7 @@ def main(argv):
           f"subdirectories hold {runs.CONFIG_FILE})")
     # Before JAX starts (every member of a sweep shares its mode).
     first = workdir if is_run else runs.member_dirs(workdir)[0]
-    numerics.configure(config_lib.load_config(first).numerics)
+    numerics.configure(runs.load_config(first).numerics)
     if is_run:
       written = figures.plot_run(workdir, _SEED.value, which,
                                baseline=_BASELINE.value)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vae import data
+from vae import config as config_lib, data
 
 REAL_MNIST_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -90,6 +90,9 @@ def test_dataset_names():
     "binarized_mnist",
   )
   assert data.DATASETS[0] == data.DEFAULT_DATASET
+  # The names' one home is vae.config; vae.data reads exactly those.
+  assert data.DATASETS is config_lib.DATASETS
+  assert (data.DEFAULT_DATASET, *data._TFDS) == config_lib.DATASETS
 
 
 def test_unknown_name_lists_accepted_names():

@@ -13,17 +13,15 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
-
 VAE_DIR = Path(__file__).resolve().parents[1] / "vae"
 
 # Tiers, lowest first; within a tier, a module may import the ones before it.
 TIERS = {
-    "A foundations": ["errors", "rng", "numerics", "likelihoods", "data",
-                      "checkpoint", "runs", "devices"],
+    "A foundations": ["errors", "rng", "numerics", "config", "likelihoods",
+                      "data", "checkpoint", "runs", "devices"],
     "B math": ["models", "core", "optim", "objectives", "bounds",
                "diagnostics", "images", "preprocess"],
-    "C config and state": ["config", "state", "grouping", "shards",
+    "C config and state": ["state", "grouping", "shards",
                            "restore"],
     "D programs and sinks": ["step", "trainer", "tensorboard", "plots",
                              "evaluate"],

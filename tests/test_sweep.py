@@ -143,7 +143,7 @@ def test_sweep_member_equals_standalone_run_bitwise(tmp_path):
   assert _without_timings(runs.read_metrics(tmp_path / "sweep" / "beta2_seed1")) == \
       _without_timings(runs.read_metrics(tmp_path / "solo"))
   # The member's run directory is a complete run: its config is the member's.
-  assert config_lib.load_config(tmp_path / "sweep" / "beta2_seed1").beta == 2.0
+  assert runs.load_config(tmp_path / "sweep" / "beta2_seed1").beta == 2.0
   # Larger beta: lower rate (KL) for the same seed.
   by = {r["member"]: r for r in rows}
   assert by["beta2_seed1"]["rate"] < by["beta0.5_seed1"]["rate"]

@@ -134,4 +134,4 @@ def test_training_on_a_tfds_dataset_under_mock_data(tmp_path):
   records = runs.read_metrics(tmp_path)
   assert [r["epoch"] for r in records] == [1, 2]
   assert all(np.isfinite(r["test_elbo"]) for r in records)
-  assert config_lib.load_config(tmp_path).dataset == "mnist"
+  assert runs.load_config(tmp_path).dataset == "mnist"

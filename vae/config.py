@@ -4,30 +4,50 @@ Experiment files in ``experiments/`` start from :func:`default_config` and
 change what they need; every field can then be overridden on the command line
 (``--config.beta=2``). :func:`validate` checks a resolved config and raises
 :class:`ConfigError` naming the field, the bad value and what is accepted.
-The accepted values of each option come from the module that implements it.
+The accepted values of every choice field are here too, beside the
+defaults: the modules that implement an option import its names from this
+module (vae.model.networks its ARCHITECTURES, vae.train.optim its
+OPTIMIZERS...), so the config sits below every package and each list of
+names has one home. The numerics modes are the one exception:
+:mod:`vae.numerics` keeps them as the keys of its flag table, below this
+module. Reading a saved config back from a run directory is
+:mod:`vae.store.runs`'s.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
+from typing import Any
 
 import ml_collections
 
-from vae import data, likelihoods, models, numerics, runs
+from vae import numerics
 from vae.errors import ConfigError
-from vae.objectives import (BERNOULLI_FORMS, IWAE_GRADIENTS, KL_SCHEDULES,
-                            OBJECTIVES, REDUCTIONS)
-from vae.optim import LR_SCHEDULES, ON_NAN, OPTIMIZERS
 
+# The accepted values of each choice field (one home; see the docstring).
+DATASETS = ("mnist_5k", "mnist", "fashion_mnist", "kmnist", "binarized_mnist")
 BINARIZE = ("none", "dynamic", "static")
+ARCHITECTURES = ("mlp", "conv")
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "swish",
+               "sigmoid")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+OBJECTIVES = ("vae", "autoencoder", "iwae")
+IWAE_GRADIENTS = ("standard", "dreg")
+REDUCTIONS = ("sum", "mean_pixels")
+BERNOULLI_FORMS = ("logits", "clipped_probs")
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "iwae")
+ON_NAN = ("stop", "skip")  # a non-finite loss stops the run, or skips the update
+NUMERICS = numerics.MODES
 
 __all__ = [
-    "BERNOULLI_FORMS", "BINARIZE", "ConfigError", "KL_SCHEDULES",
-    "LR_SCHEDULES", "OBJECTIVES", "ON_NAN", "OPTIMIZERS", "REDUCTIONS",
-    "check_variant", "default_config", "load_config", "load_sweep_config",
-    "validate",
-    "with_fields",
+    "ACTIVATIONS", "ARCHITECTURES", "BERNOULLI_FORMS", "BINARIZE",
+    "ConfigError", "DATASETS", "IWAE_GRADIENTS", "KL_SCHEDULES",
+    "LIKELIHOODS", "LR_SCHEDULES", "NUMERICS", "OBJECTIVES", "ON_NAN",
+    "OPTIMIZERS", "REDUCTIONS", "check_variant", "config_to_dict",
+    "default_config", "validate", "with_fields",
 ]
 
 
@@ -38,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.numerics = "default"  # see vae.numerics: XLA CPU flags of the process
 
   # Data.
-  c.dataset = "mnist_5k"  # see vae.data.DATASETS
+  c.dataset = "mnist_5k"  # one of DATASETS (vae.data.datasets reads them)
   c.data_dir = ""  # TFDS data_dir ("" = TFDS default)
   c.manual_dir = ""  # offline route: directory holding the raw files
   c.binarize = "none"  # "dynamic": fresh Bernoulli draw of pixels every epoch
@@ -134,13 +154,13 @@ def validate(config: ml_collections.ConfigDict,
 
   Args:
     config: the resolved config.
-    datasets: accepted dataset names (default: vae.data.DATASETS).
+    datasets: accepted dataset names (default: DATASETS).
 
   Returns:
     ``config`` unchanged, for chaining.
   """
   if datasets is None:
-    datasets = data.DATASETS
+    datasets = DATASETS
   known = set(default_config().keys())
   extra = sorted(set(config.keys()) - known - _experiment_fields(config))
   if extra:
@@ -149,11 +169,11 @@ def validate(config: ml_collections.ConfigDict,
   if config.seed > MAX_SEED:  # jax.random.key takes a 32-bit signed seed
     _fail("seed", config.seed, f"an integer in [0, {MAX_SEED}]")
   _choice(config, "dataset", datasets)
-  _choice(config, "numerics", numerics.MODES)
+  _choice(config, "numerics", NUMERICS)
   _choice(config, "binarize", BINARIZE)
-  _choice(config, "architecture", models.ARCHITECTURES)
-  _choice(config, "activation", models.ACTIVATIONS)
-  _choice(config, "likelihood", likelihoods.LIKELIHOODS)
+  _choice(config, "architecture", ARCHITECTURES)
+  _choice(config, "activation", ACTIVATIONS)
+  _choice(config, "likelihood", LIKELIHOODS)
   _choice(config, "optimizer", OPTIMIZERS)
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "objective", OBJECTIVES)
@@ -163,7 +183,7 @@ def validate(config: ml_collections.ConfigDict,
   _choice(config, "reduction", REDUCTIONS)
   _choice(config, "bernoulli_form", BERNOULLI_FORMS)
   _choice(config, "decoder_output_activation",
-          ("none",) + models.ACTIVATIONS)
+          ("none",) + ACTIVATIONS)
   if config.bernoulli_form != "logits" and config.likelihood != "bernoulli":
     _fail("bernoulli_form", config.bernoulli_form,
           f"'logits' unless likelihood='bernoulli' (it is {config.likelihood!r})")
@@ -242,22 +262,7 @@ def _experiment_fields(config) -> set[str]:
   return {"quick", "name", "description", "sweep"} & set(config.keys())
 
 
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The resolved config saved in a run directory; fields added to the
-  library after the run was made take their defaults.
-
-  Raises:
-    runs.RunError: ``workdir`` holds no ``config.json``.
-  """
-  return runs.read_config(workdir, default_config().to_dict())
-
-
-def load_sweep_config(sweep_dir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The sweep config saved in a sweep directory (``sweep_config.json``),
-  with defaults for fields added to the library since.
-
-  Raises:
-    runs.RunError: ``sweep_dir`` holds no ``sweep_config.json``.
-  """
-  return runs.read_config(sweep_dir, default_config().to_dict(),
-                          name=runs.SWEEP_CONFIG_FILE)
+def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """A JSON-ready dict of the config (tuples become lists): what
+  ``config.json`` holds."""
+  return json.loads(config.to_json())

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from vae.config import DATASETS
 from vae.errors import DataError
 
 __all__ = [
@@ -537,7 +538,8 @@ _TFDS: Final[Mapping[str, _TfdsSpec]] = {
   ),
 }
 
-DATASETS: Final[tuple[str, ...]] = (DEFAULT_DATASET, *_TFDS)
+# DATASETS (their names' one home is vae.config) are DEFAULT_DATASET and the
+# keys of _TFDS (tests/test_data.py checks it).
 """Names accepted by :func:`load_dataset`; the first is the default."""
 
 

@@ -33,7 +33,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from vae import config as config_lib
 from vae import data, numerics, preprocess, restore, rng, runs
 from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         SAMPLE_BLOCK, chunk_layout, iwae_dataset)
@@ -265,7 +264,7 @@ def evaluate_run(workdir: str | Path, *, k: int = DEFAULT_K,
   t0 = time.perf_counter()
   workdir = Path(workdir)
   which = runs.parse_checkpoint(checkpoint)
-  numerics.check(config_lib.load_config(workdir).numerics)
+  numerics.check(runs.load_config(workdir).numerics)
   run = restore.load_run(workdir, which)
   images, described = eval_images(run.config, data_path)
   t1 = time.perf_counter()

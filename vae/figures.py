@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from vae import config as config_lib
 from vae import grouping, numerics, plots, preprocess, report, restore, rng, runs
 from vae import images as images_lib
 
@@ -50,7 +49,7 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
     The paths written, in drawing order.
   """
   workdir = Path(workdir)
-  numerics.check(config_lib.load_config(workdir).numerics)
+  numerics.check(runs.load_config(workdir).numerics)
   run = restore.load_run(workdir, which)
   base = None  # loaded first: a bad baseline fails before any drawing
   if baseline is not None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import ml_collections
 
-from vae import runs
 from vae import config as config_lib
 from vae.objectives import TRACED_FIELDS
 
@@ -29,7 +28,7 @@ from vae.objectives import TRACED_FIELDS
 def static_signature(config: ml_collections.ConfigDict) -> str:
   """The config without its traced fields: runs with equal signatures can
   share one compiled program."""
-  d = runs.config_to_dict(config)
+  d = config_lib.config_to_dict(config)
   for field in TRACED_FIELDS + ("sweep",):
     d.pop(field, None)
   return json.dumps(d, sort_keys=True)
@@ -123,7 +122,7 @@ def axes(config) -> list[str]:
 def family(config) -> str:
   """Everything about a member but its beta and seed: members of one family
   are points of one rate-distortion curve (seeds averaged per beta)."""
-  d = runs.config_to_dict(config)
+  d = config_lib.config_to_dict(config)
   for field in ("beta", "seed", "sweep"):
     d.pop(field, None)
   return json.dumps(d, sort_keys=True)

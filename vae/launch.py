@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 import ml_collections
 
-from vae import config as config_lib
 from vae import numerics, report, runs, shards, sweep
 from vae.errors import RunError
 
@@ -32,7 +31,7 @@ def train_shard(workdir: str, index: int, count: int) -> list[str]:
   """The job of shard ``index`` of ``count``: the sweep recorded in
   ``workdir/sweep_config.json``, this shard's members only. Returns the
   names of the members it trained."""
-  config = config_lib.load_sweep_config(Path(workdir))
+  config = runs.load_sweep_config(Path(workdir))
   # The job's entry point: its process has not started JAX yet.
   numerics.configure(sweep.numerics_mode(config))
   rows = sweep.run_sweep(config, workdir, progress=False, log=print,

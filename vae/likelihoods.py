@@ -22,7 +22,7 @@ from typing import NamedTuple, Union
 import jax
 import jax.numpy as jnp
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+from vae.config import LIKELIHOODS
 
 # |logit| below which the continuous-Bernoulli normaliser and mean use their
 # Taylor series (lambda = sigmoid(logit) within 0.0125 of 0.5). The series are

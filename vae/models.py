@@ -17,10 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from vae import likelihoods
+from vae.config import ACTIVATIONS, ARCHITECTURES
 
-ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "softplus", "leaky_relu", "swish",
-               "sigmoid")
-ARCHITECTURES = ("mlp", "conv")
 
 
 # Member-count independence. A sweep vmaps the training step over a member
@@ -261,7 +259,7 @@ class VAE(nn.Module):
     encoder: module mapping ``[..., H, W, C]`` to ``(mean, logvar)``.
     decoder: module mapping ``[..., latent_dim]`` to raw outputs
       ``[..., H, W, C * out_per_pixel]``.
-    likelihood: one of :data:`vae.likelihoods.LIKELIHOODS`.
+    likelihood: one of :data:`vae.config.LIKELIHOODS`.
     gaussian_sigma: fixed standard deviation for ``gaussian`` when
       ``learn_scale`` is False.
     learn_scale: ``gaussian`` only: the decoder outputs a per-pixel log-scale.

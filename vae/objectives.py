@@ -27,13 +27,9 @@ import numpy as np
 from vae import core, likelihoods, rng
 from vae.models import VAE
 
-OBJECTIVES = ("vae", "autoencoder", "iwae")
-IWAE_GRADIENTS = ("standard", "dreg")
-REDUCTIONS = ("sum", "mean_pixels")
-BERNOULLI_FORMS = ("logits", "clipped_probs")
-# Each KL schedule's traced code, fixed by name (not by a tuple's order).
+# Each KL schedule's traced code, fixed by name (not by the order of
+# vae.config.KL_SCHEDULES, whose names these are).
 KL_SCHEDULE_CODES = {"constant": 0, "linear": 1, "cyclical": 2}
-KL_SCHEDULES = tuple(KL_SCHEDULE_CODES)
 
 
 class Objective(NamedTuple):

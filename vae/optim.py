@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules (optax), with their option names.
+"""Optimizers and learning-rate schedules (optax).
 
 ``make_optimizer(config, steps_per_epoch)`` is the one place a config becomes
 an ``optax.GradientTransformation``: optional global-norm clipping, then the
@@ -13,11 +13,8 @@ import jax
 import ml_collections
 import optax
 
+from vae.config import LR_SCHEDULES, OPTIMIZERS
 from vae.errors import ConfigError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential", "iwae")
-ON_NAN = ("stop", "skip")  # a non-finite loss stops the run, or skips the update
 
 
 def iwae_stage_boundaries(num_epochs: int) -> list[int]:

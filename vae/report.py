@@ -99,15 +99,15 @@ def sweep_rows(sweep_dir: str | Path,
   """
   sweep_dir = Path(sweep_dir)
   if config is None and (sweep_dir / runs.SWEEP_CONFIG_FILE).is_file():
-    config = config_lib.load_sweep_config(sweep_dir)
+    config = runs.load_sweep_config(sweep_dir)
   if config is not None:
     named = [m for group in grouping.groups(grouping.members(config))
              for m in group]
     axes = grouping.axes(config)
   else:
-    named = [(d.name, config_lib.load_config(d))
+    named = [(d.name, runs.load_config(d))
              for d in runs.member_dirs(sweep_dir)]
-    dicts = [runs.config_to_dict(c) for _, c in named]
+    dicts = [config_lib.config_to_dict(c) for _, c in named]
     axes = sorted(k for k in dicts[0]
                   if any(d.get(k) != dicts[0][k] for d in dicts)) if dicts else []
   return [member_row(name, member, axes, sweep_dir / name)

@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 
 from vae import checkpoint, optim, runs
-from vae import config as config_lib
 from vae.errors import CheckpointError, RunError
 from vae.models import VAE, build_model
 from vae.state import init_state
@@ -60,7 +59,7 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
     runs.RunError: not a run directory, or it has no checkpoint.
     checkpoint.CheckpointError: the asked-for checkpoint is missing or corrupt.
   """
-  config = config_lib.load_config(workdir)
+  config = runs.load_config(workdir)
   ckpts = checkpoint.Checkpoints(Path(workdir) / runs.CHECKPOINT_DIR,
                                  keep_latest=config.keep_checkpoints)
   try:

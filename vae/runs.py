@@ -19,7 +19,8 @@ A sweep directory holds one run directory per member, plus::
   figures/           scripts/plot.py (SWEEP_FIGURE_FILES)
 
 Everything a later tool (resume, evaluate, plot) needs is read from here.
-This module knows nothing of config defaults or models: callers pass them in.
+Saved configs are read back with the library's defaults for fields added
+since (:func:`load_config`); this module knows nothing of models.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, Iterable, Mapping
 
 import ml_collections
 
+from vae import config as config_lib
 from vae import numerics
 from vae.errors import RunError
 
@@ -107,11 +109,6 @@ def write_json_once(path: Path, obj: Any) -> bool:
     tmp.unlink()
 
 
-def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """A JSON-ready dict of the config (tuples become lists)."""
-  return json.loads(config.to_json())
-
-
 def read_config(workdir: str | os.PathLike, defaults: Mapping[str, Any], *,
                 name: str = CONFIG_FILE) -> ml_collections.ConfigDict:
   """The resolved config saved in a run directory (``name``: CONFIG_FILE,
@@ -128,6 +125,27 @@ def read_config(workdir: str | os.PathLike, defaults: Mapping[str, Any], *,
     if isinstance(value, list):
       d[key] = tuple(value)
   return ml_collections.ConfigDict(d)
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The resolved config saved in a run directory; fields added to the
+  library after the run was made take their defaults.
+
+  Raises:
+    RunError: ``workdir`` holds no ``config.json``.
+  """
+  return read_config(workdir, config_lib.default_config().to_dict())
+
+
+def load_sweep_config(sweep_dir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The sweep config saved in a sweep directory (``sweep_config.json``),
+  with defaults for fields added to the library since.
+
+  Raises:
+    RunError: ``sweep_dir`` holds no ``sweep_config.json``.
+  """
+  return read_config(sweep_dir, config_lib.default_config().to_dict(),
+                     name=SWEEP_CONFIG_FILE)
 
 
 def ensure_writable(workdir: str | os.PathLike) -> Path:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
+from vae import config as config_lib
 from vae import errors, evaluate, grouping, numerics, report, runs, shards, train
 
 
@@ -96,7 +97,7 @@ def record_sweep_config(workdir: Path, config: ml_collections.ConfigDict
                         ) -> None:
   """Write ``sweep_config.json`` once (of racing shards, one writes it);
   a directory holding another sweep's config is refused."""
-  new = runs.config_to_dict(config)
+  new = config_lib.config_to_dict(config)
   path = workdir / runs.SWEEP_CONFIG_FILE
   if runs.write_json_once(path, new):
     return

@@ -160,9 +160,9 @@ def prepare_workdir(workdir: str | Path, config: ml_collections.ConfigDict,
       config differs in a field other than ``runs.RESUMABLE_CHANGES``.
   """
   workdir = runs.ensure_writable(workdir)
-  new = runs.config_to_dict(config)
+  new = config_lib.config_to_dict(config)
   runs.check_resumable(workdir, new,
-                       runs.config_to_dict(config_lib.default_config()))
+                       config_lib.config_to_dict(config_lib.default_config()))
   trained = runs.epochs_recorded(workdir)
   if trained > config.num_epochs:
     log(f"{workdir}: the run has {trained} epochs, more than num_epochs="
