@@ -7,7 +7,7 @@ import pytest
 
 import vae
 from vae import config as config_lib
-from vae import core, likelihoods, models
+from vae.model import core, likelihoods, networks as models
 
 
 @pytest.fixture(scope="module")

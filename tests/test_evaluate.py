@@ -24,9 +24,10 @@ import pytest
 from scipy import stats
 
 from vae import config as config_lib
-from vae import bounds as bounds_lib
-from vae import checkpoint, core, data, diagnostics, evaluate, likelihoods, models, runs, train
-from vae.models import VAE
+from vae.model import bounds as bounds_lib
+from vae import checkpoint, data, evaluate, runs, train
+from vae.model import core, diagnostics, likelihoods, networks as models
+from vae.model.networks import VAE
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MNIST_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"

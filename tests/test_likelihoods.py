@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from vae import likelihoods
+from vae.model import likelihoods
 
 
 def _naive_bernoulli(logits, x):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vae import objectives
-from vae.models import VAE, MLPDecoder, MLPEncoder, init_params
+from vae.model.networks import VAE, MLPDecoder, MLPEncoder, init_params
 
 DATA_SHAPE = (3, 1, 1)
 LATENT = 2

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from vae import config as config_lib
-from vae import core, data, figures, likelihoods, plots, preprocess, report, restore, runs, tensorboard, train
+from vae.model import core, likelihoods
+from vae import (data, figures, plots, preprocess, report, restore, runs, tensorboard, train)
 from vae import images as images_lib
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from vae import config as config_lib
-from vae import core, grouping, models, objectives, preprocess, report, restore, runs, sweep, train
+from vae.model import core, networks as models
+from vae import (grouping, objectives, preprocess, report, restore, runs, sweep, train)
 from vae import state as state_lib
 from vae import trainer as trainer_lib
 from vae import devices as devices_lib

@@ -10,8 +10,8 @@ The core API: pure functions of explicit parameters and explicit PRNG keys.
   loss, metrics = vae.elbo(params, x, key, model=model, beta=1.0)
 """
 
-from vae.core import Posterior, decode, elbo, elbo_terms, encode, kl_per_dim, reconstruct, sample
-from vae.models import VAE, build_model, init_params
+from vae.model.core import Posterior, decode, elbo, elbo_terms, encode, kl_per_dim, reconstruct, sample
+from vae.model.networks import VAE, build_model, init_params
 
 __all__ = [
     "Posterior", "VAE", "build_model", "decode", "elbo", "elbo_terms", "encode",

@@ -30,14 +30,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae import config as config_lib
-from vae import core, devices as devices_lib, evaluate, models, preprocess
+from vae.model import core, networks as models
+from vae import devices as devices_lib, evaluate, preprocess
 from vae import numerics, restore, step, trainer as trainer_lib
-from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
+from vae.model.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         _iwae_batch, chunk_layout, iwae_dataset,
                         log_importance_weights)
 from vae.evaluate import peak_rss_mib
 from vae.errors import ConfigError
-from vae.models import VAE
+from vae.model.networks import VAE
 
 
 def bench_config(hidden=(400,), latent_dim=20, batch_size=128,

@@ -34,13 +34,13 @@ import jax
 import numpy as np
 
 from vae import data, numerics, preprocess, restore, rng, runs
-from vae.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
+from vae.model.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         SAMPLE_BLOCK, chunk_layout, iwae_dataset)
-from vae.diagnostics import (ACTIVE_UNIT_THRESHOLD, KL_FLOOR,
+from vae.model.diagnostics import (ACTIVE_UNIT_THRESHOLD, KL_FLOOR,
                              MI_CEILING_MARGIN, MI_ESTIMATOR, MIN_ACTIVE_UNITS,
                              active_units, collapse_diagnosis,
                              kl_per_example_and_dim, mutual_information)
-from vae.models import VAE
+from vae.model.networks import VAE
 from vae.rng import IWAE_STREAM, MI_STREAM
 
 EVAL_FILE = runs.EVAL_FILE

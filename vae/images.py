@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core, likelihoods
-from vae.models import VAE
+from vae.model import core, likelihoods
+from vae.model.networks import VAE
 
 PAD_VALUE = 0.5  # grey lines between tiles: neither ink (1) nor paper (0)
 

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae import core, likelihoods, rng
-from vae.models import VAE
+from vae.model import bounds, core, likelihoods
+from vae import rng
+from vae.model.networks import VAE
 
 # Each KL schedule's traced code, fixed by name (not by the order of
 # vae.config.KL_SCHEDULES, whose names these are).
@@ -153,9 +154,6 @@ def loss_fn(params, batch_stats, x: jax.Array, key: jax.Array,
                             "kl_per_dim": terms.kl_per_dim}, batch_stats)
 
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
 @jax.custom_vjp
 def _scale_cotangent(z: jax.Array, weights: jax.Array) -> jax.Array:
   """Identity on ``z`` ``[k, B, L]``; its cotangent is multiplied by
@@ -233,25 +231,23 @@ def multi_sample_loss(params, batch_stats, x: jax.Array, key: jax.Array,
   if objective.iwae_gradient == "dreg":  # q's parameters held constant in log q
     mean, logvar = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(logvar)
 
-  def log_weights(z):
+  def log_weights_of(z):
     log_lik, stats = log_lik_of(z)
-    log_prior = jnp.sum(-0.5 * jnp.square(z) - _HALF_LOG_2PI, -1)
     if objective.iwae_gradient == "dreg":
-      log_q = jnp.sum(-0.5 * jnp.square(z - mean) * jnp.exp(-logvar)
-                      - 0.5 * logvar - _HALF_LOG_2PI, -1)
+      log_q = bounds.log_posterior(z, mean, logvar)
     else:  # (z - mean) / std is eps: the standard estimator's log q
-      log_q = jnp.sum(-0.5 * jnp.square(eps) - 0.5 * logvar - _HALF_LOG_2PI,
-                      -1)
-    return log_lik + log_prior - log_q, log_lik, stats  # [k, B] each
+      log_q = bounds.log_posterior_of_draws(eps, logvar)
+    return bounds.log_weights(log_lik, z, log_q), log_lik, stats  # [k, B]
 
-  log_w, log_lik, batch_stats = log_weights(z)
+  log_w, log_lik, batch_stats = log_weights_of(z)
   bound = jax.nn.logsumexp(log_w, axis=0) - math.log(k)
   if objective.iwae_gradient == "dreg":
     weights = jax.nn.softmax(jax.lax.stop_gradient(log_w), axis=0)
     # The same forward pass again (XLA computes it once), its z carrying the
     # encoder's extra factor w~ in the backward pass; the loss's value is
     # the bound's, its gradient DReG's.
-    log_w_dreg, _, batch_stats = log_weights(_scale_cotangent(z, weights))
+    log_w_dreg, _, batch_stats = log_weights_of(
+        _scale_cotangent(z, weights))
     surrogate = -jnp.mean(jnp.sum(weights * log_w_dreg, axis=0))
     loss = (surrogate - jax.lax.stop_gradient(surrogate)
             + jax.lax.stop_gradient(-jnp.mean(bound)))

@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core, diagnostics
+from vae.model import core, diagnostics
 from vae.images import (decode_means, encode_all, for_display,
                         latent_dim, manifold_latents, neighbourhood_latents,
                         pick_indices, project_2d, reconstruction_grid,
                         reconstruction_rows, seed_from_key, tile,
                         traversal_latents)
-from vae.models import VAE
+from vae.model.networks import VAE
 
 DPI = 100
 

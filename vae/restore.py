@@ -20,7 +20,7 @@ import numpy as np
 
 from vae import checkpoint, optim, runs
 from vae.errors import CheckpointError, RunError
-from vae.models import VAE, build_model
+from vae.model.networks import VAE, build_model
 from vae.state import init_state
 
 

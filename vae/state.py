@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vae import core, rng
-from vae.models import VAE, init_params
+from vae.model import core
+from vae import rng
+from vae.model.networks import VAE, init_params
 
 
 class TrainState(NamedTuple):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from vae import rng
-from vae.models import VAE
+from vae.model.networks import VAE
 from vae.objectives import Objective, TracedSettings, kl_weight, loss_fn
 from vae.state import TrainState
 

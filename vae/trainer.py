@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vae import bounds, devices as devices_lib, optim, rng
-from vae.models import VAE, build_model
+from vae.model import bounds
+from vae import devices as devices_lib, optim, rng
+from vae.model.networks import VAE, build_model
 from vae.objectives import Objective, TracedSettings, traced_settings
 from vae.state import TrainState, init_state, stack
 from vae.step import train_epoch

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vae import likelihoods
-from vae.models import VAE
+from vae.model import likelihoods
+from vae.model.networks import VAE
 
 
 class Posterior(NamedTuple):

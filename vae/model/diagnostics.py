@@ -22,14 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core
+from vae.model import core
+from vae.model.likelihoods import HALF_LOG_2PI
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al.: Var_x E_q[z_u] above this
 KL_FLOOR = 0.01  # nats: a latent dimension with less mean KL carries nothing
 MIN_ACTIVE_UNITS = 1  # fewer active units than this: collapse
 MI_CEILING_MARGIN = 0.5  # nats: an MI estimate this close to log M is saturated
 
-_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 MI_ESTIMATOR = (
     "He et al. 2019 (arXiv:1901.05534) minibatch estimator: mean_x "
     "E_q(z|x)[log q(z|x)] - mean_m log q(z_m), one z_m ~ q(z|x_m) per example, "
@@ -86,7 +86,7 @@ def informative_dims(kl_per_dim, kl_floor: float = KL_FLOOR) -> int:
 def _mi_draws(key, mean, logvar):
   """One z ~ q(z | x) per example and E_q[log q(z | x)] (analytic), ``[N]``."""
   z = core.sample(key, core.Posterior(mean, logvar))
-  neg_entropy = (-mean.shape[-1] * _HALF_LOG_2PI -
+  neg_entropy = (-mean.shape[-1] * HALF_LOG_2PI -
                  0.5 * jnp.sum(1.0 + logvar, -1))
   return z, neg_entropy
 
@@ -99,7 +99,7 @@ def _log_aggregate_posterior(z, mean, logvar):
   pad = -m % rows
   z_rows = jnp.pad(z, ((0, pad), (0, 0))).reshape(-1, rows, latent_dim)
   inv_var = jnp.exp(-logvar)
-  norm = -0.5 * jnp.sum(logvar, -1) - latent_dim * _HALF_LOG_2PI  # [M]
+  norm = -0.5 * jnp.sum(logvar, -1) - latent_dim * HALF_LOG_2PI  # [M]
 
   def per_rows(zr):  # [rows, L] -> [rows]
     sq = jnp.sum(jnp.square(zr[:, None] - mean[None]) * inv_var[None], -1)

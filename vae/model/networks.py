@@ -3,132 +3,24 @@
 Modules here hold no state and draw no random numbers. The encoder maps images
 ``[..., H, W, C]`` to the posterior's ``(mean, logvar)``, each
 ``[..., latent_dim]``; the decoder maps ``z`` ``[..., latent_dim]`` to the
-likelihood's natural parameters (see :mod:`vae.likelihoods`). Sampling lives in
-:mod:`vae.core`, so ``decode(encode(x).mean)`` is the whole deterministic path.
+likelihood's natural parameters (see :mod:`vae.model.likelihoods`). Sampling
+lives in :mod:`vae.model.core`, so ``decode(encode(x).mean)`` is the whole
+deterministic path. Every dense layer is :class:`vae.model.dense.Dense`
+(flax's, with member-count-independent gradients).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae import likelihoods
 from vae.config import ACTIVATIONS, ARCHITECTURES
-
-
-
-# Member-count independence. A sweep vmaps the training step over a member
-# axis; a standalone run is the same program with a member axis of one,
-# which XLA squeezes away. Forward products and input gradients then give
-# every member the bits of its standalone run, but the parameter gradients
-# (products contracted over the batch rows) do not: XLA orients and blocks
-# the batched product differently from the squeezed one (measured on an
-# AVX2 CPU: last-bit differences that training amplifies to 0.1 nats). So
-# the two parameter-gradient products below are sequential_vmap functions:
-# under vmap they run as a loop over members of the very product a
-# standalone run computes, and a member's gradients are its standalone
-# run's, bit for bit, on any CPU.
-
-
-def member_by_member(f):
-  """``f`` whose vmap is ``f`` applied to each member in turn, unrolled: M
-  separate calls of the unbatched ``f``, stacked (a ``lax.map`` loop would
-  cost a loop per product and step; M is small and static)."""
-  f = jax.custom_batching.custom_vmap(f)
-
-  @f.def_vmap
-  def rule(axis_size, in_batched, *args):
-    outs = [f(*(a[i] if batched else a for a, batched in zip(args, in_batched)))
-            for i in range(axis_size)]
-    return jnp.stack(outs), True
-
-  return f
-
-
-@member_by_member
-def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a^T b`` over rows, ``[n, p]``, ``[n, q]`` -> ``[p, q]``: the kernel
-  gradient of ``a @ kernel`` for output cotangents ``b``. Vmapped, a loop
-  of this product (see the comment above)."""
-  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())))
-
-
-@member_by_member
-def ones_product(ones: jax.Array, b: jax.Array) -> jax.Array:
-  """``ones [1, n] @ b [n, q]`` -> ``[1, q]``: the bias gradient (a sum over
-  rows as a product). Vmapped, a loop of this product."""
-  return jax.lax.dot_general(ones, b, (((1,), (0,)), ((), ())))
-
-
-@jax.custom_vjp
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """``x [..., in] @ kernel [in, out]``, whose kernel gradient is
-  :func:`rows_product` (member-count independent under vmap)."""
-  return x @ kernel
-
-
-def _matmul_fwd(x, kernel):
-  return x @ kernel, (x, kernel)
-
-
-def _matmul_bwd(residuals, dy):
-  x, kernel = residuals
-  dx = jax.lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())))
-  dkernel = rows_product(x.reshape(-1, x.shape[-1]),
-                         dy.reshape(-1, dy.shape[-1]))
-  return dx, dkernel
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-@jax.custom_vjp
-def bias_add(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """``y + bias`` whose bias gradient is a matrix product.
-
-  Autodiff's bias gradient is a sum over the batch, and XLA emits that
-  reduction differently for different numbers of vmapped sweep members (and
-  fuses it with the element-wise ops that produce ``dy``, rounding them
-  differently), so a member would not match its standalone run to the bit.
-  Here it is ``ones [1, n] @ dy [n, F]`` (:func:`ones_product`), with the
-  ones derived from the bias itself (NaN if the bias is not finite, when the
-  step is non-finite anyway).
-  """
-  return y + bias
-
-
-def _bias_add_fwd(y, bias):
-  return y + bias, bias[:1]
-
-
-def _bias_add_bwd(bias_head, dy):
-  rows = dy.reshape(-1, dy.shape[-1])
-  one = bias_head * 0.0 + 1.0
-  ones = jnp.broadcast_to(one[None, :], (1, rows.shape[0]))
-  return dy, ones_product(ones, rows)[0]
-
-
-bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
-
-
-class Dense(nn.Module):
-  """``x @ kernel + bias`` (flax's parameter names and initialisers), with
-  the member-count-independent gradients of :func:`matmul` and
-  :func:`bias_add`."""
-
-  features: int
-  kernel_init: Callable = nn.initializers.lecun_normal()
-  bias_init: Callable = nn.initializers.zeros_init()
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,))
-    return bias_add(matmul(x, kernel), bias)
+from vae.model import likelihoods
+from vae.model.dense import Dense
 
 
 def hidden_layer(h: jax.Array, width: int, activation: str, batch_norm: bool,
