@@ -38,7 +38,8 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, data, evaluate, numerics
+from vae import bench, cli, evaluate, numerics
+from vae.data import datasets as data
 from vae import report, runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vae import config as config_lib, data
+from vae import config as config_lib
+from vae.data import datasets as data
 
 REAL_MNIST_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"
 

@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vae import checkpoint, data, report, restore, runs, sweep, train
+from vae import checkpoint, report, restore, runs, sweep, train
+from vae.data import datasets as data
 from vae import trainer as trainer_lib
 from vae import config as config_lib
 

@@ -15,7 +15,8 @@ import pytest
 
 from vae import config as config_lib
 from vae.model import core, networks as models
-from vae import (grouping, objectives, preprocess, report, restore, runs, sweep, train)
+from vae import grouping, objectives, report, restore, runs, sweep, train
+from vae.data import preprocess
 from vae import state as state_lib
 from vae import trainer as trainer_lib
 from vae import devices as devices_lib
@@ -327,7 +328,8 @@ def test_readme_member_vs_standalone_full_size(tmp_path):
 
 AVX2_SCRIPT = """
 import sys, json, jax, jax.numpy as jnp, numpy as np
-from vae import config as config_lib, numerics, preprocess, state, trainer
+from vae import config as config_lib, numerics, state, trainer
+from vae.data import preprocess
 numerics.configure("default")
 base = config_lib.with_fields(hidden_sizes=(64,), latent_dim=4, batch_size=64)
 ds = preprocess.load_dataset(base)

@@ -33,7 +33,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from vae import data, numerics, preprocess, restore, rng, runs
+from vae.data import datasets as data, preprocess
+from vae import numerics, restore, rng, runs
 from vae.model.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         SAMPLE_BLOCK, chunk_layout, iwae_dataset)
 from vae.model.diagnostics import (ACTIVE_UNIT_THRESHOLD, KL_FLOOR,

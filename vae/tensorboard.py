@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from vae import images as images_lib
-from vae import preprocess, restore, rng, runs
+from vae.data import preprocess
+from vae import restore, rng, runs
 
 TENSORBOARD_DIR = runs.TENSORBOARD_DIR
 EXPORT_SUFFIX = runs.TENSORBOARD_EXPORT_SUFFIX  # event files written by export_run

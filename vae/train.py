@@ -37,7 +37,8 @@ import numpy as np
 
 from vae import checkpoint, devices as devices_lib, errors, grouping
 from vae import numerics, optim
-from vae import preprocess, restore, rng, runs, tensorboard
+from vae.data import preprocess
+from vae import restore, rng, runs, tensorboard
 from vae import config as config_lib
 from vae import trainer as trainer_lib
 from vae.errors import ConfigError, Diverged, Interrupted, RunError

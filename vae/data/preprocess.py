@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import data, rng
+from vae.data import datasets as data
+from vae import rng
 
 
 @functools.lru_cache(maxsize=2)
