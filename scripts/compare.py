@@ -14,7 +14,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from vae import cli, restore, runs
+from vae import cli
+from vae.store import restore, runs
 
 _WHICH = flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' or an epoch.")
 _REFERENCE = flags.DEFINE_string("reference", None, "Compare RUN (a run or a "

@@ -40,7 +40,8 @@ from absl import app, flags
 
 from vae import bench, cli, evaluate, numerics
 from vae.data import datasets as data
-from vae import report, runs
+from vae import report
+from vae.store import runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from vae import cli, figures, numerics, runs
+from vae import cli, figures, numerics
+from vae.store import runs
 from vae import tensorboard
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "

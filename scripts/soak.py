@@ -24,7 +24,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from vae import cli, restore, runs
+from vae import cli
+from vae.store import restore, runs
 
 _N = flags.DEFINE_integer("interruptions", 50, "How many interruptions.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where the two runs go.")

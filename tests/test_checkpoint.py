@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from vae.checkpoint import CheckpointError, Checkpoints, CheckpointWarning
+from vae.store.checkpoint import CheckpointError, Checkpoints, CheckpointWarning
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -374,7 +374,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from test_checkpoint import make_state
-    from vae.checkpoint import Checkpoints
+    from vae.store.checkpoint import Checkpoints
 
     ckpts = Checkpoints({directory!r}, keep_latest=2, keep_best=1)
     epoch = (ckpts.latest_epoch() or 0) + 1

@@ -25,7 +25,8 @@ from scipy import stats
 
 from vae import config as config_lib
 from vae.model import bounds as bounds_lib
-from vae import checkpoint, evaluate, runs, train
+from vae.store import checkpoint, runs
+from vae import evaluate, train
 from vae.data import datasets as data
 from vae.model import core, diagnostics, likelihoods, networks as models
 from vae.model.networks import VAE

@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vae import checkpoint, report, restore, runs, sweep, train
+from vae.store import checkpoint, provenance, restore, runs
+from vae import report, sweep, train
 from vae.data import datasets as data
 from vae import trainer as trainer_lib
 from vae import config as config_lib
@@ -290,7 +291,7 @@ def test_every_run_records_its_provenance(tmp_path):
   # What can change the bits on another host: the CPU and its instruction
   # sets, XLA_FLAGS (the numerics mode's, here "default"), JAX options, the
   # devices and the lock the environment came from.
-  model, isa = runs.cpu_description()
+  model, isa = provenance.cpu_description()
   assert record["cpu_model"] == model and record["cpu_isa"] == isa
   if "avx2" in open("/proc/cpuinfo").read():
     assert "avx2" in record["cpu_isa"]
@@ -560,7 +561,7 @@ def test_portable_quickstart_matches_docs_reference(tmp_path):
   # Portable mode pins XLA's thread pool, so any core count gives the same
   # bits (measured: one core and two); the ISA class is unmeasured.
   ref = reference["provenance"]
-  if set(runs.cpu_description()[1]) != set(ref["cpu_isa"]):
+  if set(provenance.cpu_description()[1]) != set(ref["cpu_isa"]):
     if not result["bitwise_equal"]:
       pytest.xfail(f"another ISA class: {result['verdict']}")
   assert result["bitwise_equal"], result

@@ -19,7 +19,8 @@ from PIL import Image
 from vae import config as config_lib
 from vae.model import core, likelihoods
 from vae.data import datasets as data, preprocess
-from vae import figures, plots, report, restore, runs, tensorboard, train
+from vae import figures, plots, report, tensorboard, train
+from vae.store import restore, runs
 from vae import images as images_lib
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from vae import grouping, launch, report, restore, runs, shards
+from vae import grouping, launch, report, shards
+from vae.store import restore, runs
 from vae.errors import ConfigError
 
 pytestmark = pytest.mark.fault

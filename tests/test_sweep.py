@@ -15,7 +15,8 @@ import pytest
 
 from vae import config as config_lib
 from vae.model import core, networks as models
-from vae import grouping, objectives, report, restore, runs, sweep, train
+from vae import grouping, objectives, report, sweep, train
+from vae.store import restore, runs
 from vae.data import preprocess
 from vae import state as state_lib
 from vae import trainer as trainer_lib
@@ -214,7 +215,8 @@ def test_report_table_csv_and_rate_distortion_plot(tmp_path):
 
 SHARDED_SCRIPT = """
 import json, sys, jax, numpy as np, ml_collections
-from vae import numerics, restore, sweep
+from vae import numerics, sweep
+from vae.store import restore
 numerics.configure("default")
 from vae import config as config_lib
 assert len(jax.devices()) == 4, jax.devices()

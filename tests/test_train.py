@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from vae import restore, runs, train
+from vae.store import restore, runs
+from vae import train
 from vae import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,8 @@ from vae import config as config_lib
 from vae.model import core, networks as models
 from vae import devices as devices_lib, evaluate
 from vae.data import preprocess
-from vae import numerics, restore, step, trainer as trainer_lib
+from vae import numerics, step, trainer as trainer_lib
+from vae.store import restore
 from vae.model.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         _iwae_batch, chunk_layout, iwae_dataset,
                         log_importance_weights)

@@ -34,7 +34,8 @@ import jax
 import numpy as np
 
 from vae.data import datasets as data, preprocess
-from vae import numerics, restore, rng, runs
+from vae import numerics, rng
+from vae.store import provenance, restore, runs
 from vae.model.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
                         SAMPLE_BLOCK, chunk_layout, iwae_dataset)
 from vae.model.diagnostics import (ACTIVE_UNIT_THRESHOLD, KL_FLOOR,
@@ -294,7 +295,7 @@ def evaluate_run(workdir: str | Path, *, k: int = DEFAULT_K,
       "load_s": t1 - t0,
       "total_s": time.perf_counter() - t0,
       "peak_rss_mib": peak_rss_mib(),
-      "provenance": runs.provenance(),
+      "provenance": provenance.provenance(),
   })
   if write:
     try:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from vae import grouping, numerics, plots, report, restore, rng, runs
+from vae import grouping, numerics, plots, report, rng
+from vae.store import restore, runs
 from vae.data import preprocess
 from vae import images as images_lib
 

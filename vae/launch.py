@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from vae import numerics, report, runs, shards, sweep
+from vae import numerics, report, shards, sweep
+from vae.store import runs
 from vae.errors import RunError
 
 EXECUTORS = ("local", "slurm")

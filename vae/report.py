@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from vae import checkpoint, grouping, plots, runs
+from vae.store import checkpoint, runs
+from vae import grouping, plots
 from vae import config as config_lib
 
 TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",

@@ -34,10 +34,8 @@ class TrainState(NamedTuple):
   batch_stats: Any
 
   def variables(self):
-    """What :mod:`vae.core` takes as ``params`` (evaluation mode)."""
-    if self.batch_stats:
-      return {"params": self.params, "batch_stats": self.batch_stats}
-    return self.params
+    """What :mod:`vae.model.core` takes as ``params`` (evaluation mode)."""
+    return core.evaluation_params(self.params, self.batch_stats)
 
 
 def init_state(seed, *, model: VAE, optimizer: optax.GradientTransformation,

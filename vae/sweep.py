@@ -23,7 +23,8 @@ import jax
 import ml_collections
 
 from vae import config as config_lib
-from vae import errors, evaluate, grouping, numerics, report, runs, shards, train
+from vae import errors, evaluate, grouping, numerics, report, shards, train
+from vae.store import runs
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,

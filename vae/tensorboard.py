@@ -30,7 +30,8 @@ import numpy as np
 
 from vae import images as images_lib
 from vae.data import preprocess
-from vae import restore, rng, runs
+from vae.store import restore, runs
+from vae import rng
 
 TENSORBOARD_DIR = runs.TENSORBOARD_DIR
 EXPORT_SUFFIX = runs.TENSORBOARD_EXPORT_SUFFIX  # event files written by export_run

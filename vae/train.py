@@ -35,10 +35,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from vae import checkpoint, devices as devices_lib, errors, grouping
+from vae.store import checkpoint
+from vae import devices as devices_lib, errors, grouping
 from vae import numerics, optim
 from vae.data import preprocess
-from vae import restore, rng, runs, tensorboard
+from vae.store import provenance, restore, runs
+from vae import rng, tensorboard
 from vae import config as config_lib
 from vae import trainer as trainer_lib
 from vae.errors import ConfigError, Diverged, Interrupted, RunError
@@ -170,7 +172,7 @@ def prepare_workdir(workdir: str | Path, config: ml_collections.ConfigDict,
         f"{config.num_epochs}; its config.json is left as it is.")
     return workdir
   runs.write_json_atomic(workdir / runs.CONFIG_FILE, new)
-  runs.write_json_atomic(workdir / runs.PROVENANCE_FILE, runs.provenance())
+  runs.write_json_atomic(workdir / runs.PROVENANCE_FILE, provenance.provenance())
   return workdir
 
 

@@ -42,6 +42,15 @@ def variables(params) -> dict:
   return {"params": params}
 
 
+def evaluation_params(params, batch_stats) -> Any:
+  """What the functions here take as ``params`` from the two collections of
+  a trained model: ``params`` alone, or ``{"params", "batch_stats"}`` when
+  there are batch statistics (the inverse of :func:`variables`)."""
+  if batch_stats:
+    return {"params": params, "batch_stats": batch_stats}
+  return params
+
+
 def encode(params, x: jax.Array, *, model: VAE) -> Posterior:
   """q(z | x) for images ``x`` ``[..., H, W, C]`` in [0, 1]. No key, no draw.
 

@@ -357,10 +357,13 @@ class Checkpoints:
 
   # -- restore ---------------------------------------------------------------
 
-  def restore(self, like: Any, epoch: int | None = None) -> tuple[int, Any]:
+  def restore(self, like: Any, epoch: int | None = None, *,
+              partial: bool = False) -> tuple[int, Any]:
     """Restores (epoch, state) with the structure, shapes and dtypes of `like`.
 
-    `like` is a pytree like the saved state (arrays or jax.ShapeDtypeStruct).
+    `like` is a pytree like the saved state (arrays or jax.ShapeDtypeStruct);
+    with `partial`, like a part of it (e.g. the parameters without the
+    optimizer state): only its leaves are read and verified.
     epoch=None restores the newest valid checkpoint, warning about and skipping
     corrupt newer ones. Raises CheckpointError when no (or the requested)
     checkpoint is valid, or when the checkpoint does not fit `like` (its message
@@ -373,7 +376,7 @@ class Checkpoints:
         raise CheckpointError(f"{self._path(epoch)}: no checkpoint for epoch "
                               f"{epoch} (kept: {kept})")
       try:
-        return epoch, self._restore_one(epoch, like)
+        return epoch, self._restore_one(epoch, like, partial)
       except _Corrupt as e:
         raise CheckpointError(str(e)) from e
     if not kept:
@@ -381,7 +384,7 @@ class Checkpoints:
     failures = []
     for e in reversed(kept):
       try:
-        return e, self._restore_one(e, like)
+        return e, self._restore_one(e, like, partial)
       except _Corrupt as err:
         msg = f"skipping corrupt checkpoint {err}"
         log.warning(msg)
@@ -405,7 +408,7 @@ class Checkpoints:
                      f"step metadata (_CHECKPOINT_METADATA)")
     return record
 
-  def _restore_one(self, epoch: int, like: Any) -> Any:
+  def _restore_one(self, epoch: int, like: Any, partial: bool = False) -> Any:
     path = self._path(epoch)
     record = self._record(epoch)
     saved = record["leaves"]
@@ -414,7 +417,7 @@ class Checkpoints:
     # Does the checkpoint fit `like`? (A model/config mismatch, not corruption.)
     problems = []
     missing = [p for p in paths if p not in saved]
-    extra = sorted(set(saved) - set(paths))
+    extra = [] if partial else sorted(set(saved) - set(paths))
     if missing:
       problems.append(f"not in checkpoint: {', '.join(missing)}")
     if extra:
@@ -445,8 +448,11 @@ class Checkpoints:
                                sharding=shardings[-1])
           if math.prod(shape) else None)  # zero-size: saved as None
     try:
-      loaded = self._ckptr.load(
-          epoch, jax.tree_util.tree_unflatten(treedef, abstract))
+      context = ocp.Context()
+      context.pytree.loading.partial_load = partial
+      with context:
+        loaded = self._ckptr.load(
+            epoch, jax.tree_util.tree_unflatten(treedef, abstract))
       loaded_paths, loaded_leaves, _ = _flatten(loaded)
     except Exception as e:
       raise _Corrupt(f"{path}: unreadable: {type(e).__name__}: {_clip(e)}") from e

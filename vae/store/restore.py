@@ -1,9 +1,11 @@
 """Runs read back from their directories: configs, models and parameters,
-without compiling a trainer; comparing two runs; resuming a group.
+without an optimizer or a trainer; comparing two runs and references;
+resuming a group from its members' checkpoints.
 
-:func:`load_run` builds the model from the saved config and restores a
-checkpoint into the shapes of a freshly initialised :class:`~vae.state.TrainState`
-(``jax.eval_shape``: nothing is computed or compiled).
+:func:`load_run` builds the model from the saved config and reads only the
+parameters (and batch statistics) of a checkpoint, into the shapes of the
+model's initial parameters (``jax.eval_shape``: nothing is computed or
+compiled); the optimizer state beside them is left on disk.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae import checkpoint, optim, runs
+from vae import rng
 from vae.errors import CheckpointError, RunError
-from vae.model.networks import VAE, build_model
-from vae.state import init_state
+from vae.model import core
+from vae.model.networks import VAE, build_model, init_params
+from vae.store import checkpoint, runs
 
 
 class LoadedRun(NamedTuple):
   """A trained run read back from its workdir (see :func:`load_run`).
 
-  ``params`` is what :mod:`vae.core` takes: the ``params`` collection, or
-  ``{"params", "batch_stats"}`` for a model with batch normalisation.
+  ``params`` is what :mod:`vae.model.core` takes: the ``params``
+  collection, or ``{"params", "batch_stats"}`` for a model with batch
+  normalisation.
   """
 
   config: ml_collections.ConfigDict
@@ -37,14 +41,36 @@ class LoadedRun(NamedTuple):
   epoch: int
 
 
-def checkpoint_like(config: ml_collections.ConfigDict, model: VAE) -> Any:
-  """Shapes and dtypes of one saved checkpoint of a run of ``config``:
-  ``{"state": TrainState, "epoch": int32}`` of ShapeDtypeStructs."""
-  optimizer = optim.make_optimizer(config, 1)  # shapes do not depend on steps
-  return jax.eval_shape(lambda: {
-      "state": init_state(0, model=model, optimizer=optimizer,
-                          data_shape=config.data_shape),
-      "epoch": jnp.int32(0)})
+class Weights(NamedTuple):
+  """The part of a checkpointed training state that evaluation needs: its
+  leaf paths are those of the state's fields of the same names
+  (``state/params/...``, ``state/batch_stats/...``), so a checkpoint is
+  read into it without the optimizer state saved beside them.
+
+  Attributes:
+    params: the ``params`` collection.
+    batch_stats: the ``batch_stats`` collection (``{}`` without batch norm).
+  """
+
+  params: Any
+  batch_stats: Any
+
+  def variables(self):
+    """What :mod:`vae.model.core` takes as ``params``."""
+    return core.evaluation_params(self.params, self.batch_stats)
+
+
+def weights_like(config: ml_collections.ConfigDict, model: VAE) -> Any:
+  """Shapes and dtypes of the weights in a checkpoint of a run of
+  ``config``: ``{"state": Weights, "epoch": int32}`` of ShapeDtypeStructs
+  (the model's initial parameters, by ``jax.eval_shape``; no optimizer)."""
+  def like():
+    collections = core.variables(init_params(
+        model, rng.member_keys(0).init, config.data_shape))
+    return {"state": Weights(collections["params"],
+                             collections.get("batch_stats", {})),
+            "epoch": jnp.int32(0)}
+  return jax.eval_shape(like)
 
 
 def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
@@ -69,7 +95,8 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
     if epoch is None:
       raise RunError(f"{workdir} has no checkpoint yet")
     model = build_model(config)
-    epoch, restored = ckpts.restore(checkpoint_like(config, model), epoch)
+    epoch, restored = ckpts.restore(weights_like(config, model), epoch,
+                                    partial=True)
   finally:
     ckpts.close()
   return LoadedRun(config, model, restored["state"].variables(), int(epoch))
