@@ -10,7 +10,7 @@
 Reports the importance-weighted NLL (Burda et al. 2015; nats and bits/dim),
 the ELBO, rate (mean KL) and distortion (mean -log p(x|z)), active units, the
 mutual information I(x; z) (He et al. 2019's estimator), and posterior-collapse
-flags with a plain-words diagnosis. See vae/evaluate.py for the definitions.
+flags with a plain-words diagnosis. See vae/evals/ for the definitions.
 
 Output: ``<run>/eval.json`` for the run's own test set, or
 ``<run>/eval_<stem>.json`` with ``--data <dir>/<stem>.<ext>`` (so evaluating
@@ -38,27 +38,28 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, evaluate, numerics
+from vae import bench, cli, numerics
 from vae.data import datasets as data
-from vae import report
+from vae.evals import evaluate, evaluator
+from vae.model import diagnostics
 from vae.store import runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")
-_K = flags.DEFINE_integer("k", evaluate.DEFAULT_K, "Importance samples per "
+_K = flags.DEFINE_integer("k", evaluator.DEFAULT_K, "Importance samples per "
                           "example.")
 _DATA = flags.DEFINE_string("data", None, "External images (IDX .gz/raw, .npy, "
                             ".npz) instead of the run's test set.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best",
                                   "'best', 'latest' or an epoch number.")
 _SEED = flags.DEFINE_integer("seed", 0, "Evaluation seed (the draws).")
-_BATCH = flags.DEFINE_integer("batch_size", evaluate.DEFAULT_BATCH_SIZE,
+_BATCH = flags.DEFINE_integer("batch_size", evaluator.DEFAULT_BATCH_SIZE,
                               "Examples per compiled call.")
-_CHUNK = flags.DEFINE_integer("chunk_size", evaluate.DEFAULT_CHUNK_SIZE,
+_CHUNK = flags.DEFINE_integer("chunk_size", evaluator.DEFAULT_CHUNK_SIZE,
                               "Importance samples per scan step.")
-_MIN_AU = flags.DEFINE_integer("min_active_units", evaluate.MIN_ACTIVE_UNITS,
+_MIN_AU = flags.DEFINE_integer("min_active_units", diagnostics.MIN_ACTIVE_UNITS,
                                "Flag collapse with fewer active units.")
-_KL_FLOOR = flags.DEFINE_float("kl_floor", evaluate.KL_FLOOR, "Flag collapse "
+_KL_FLOOR = flags.DEFINE_float("kl_floor", diagnostics.KL_FLOOR, "Flag collapse "
                                "when every latent dimension's KL is below this "
                                "(nats).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -111,15 +112,17 @@ def main(argv):
     numerics.configure(runs.load_config(members[0]).numerics)
     if _DATA.value:
       data.load_images_file(_DATA.value)  # a bad file fails here, once
+    settings = evaluator.BoundSettings(
+        k=_K.value, batch_size=_BATCH.value, chunk_size=_CHUNK.value,
+        min_active_units=_MIN_AU.value, kl_floor=_KL_FLOOR.value)
     results = []
     for workdir in members:
       name = workdir.name
       try:
         result = evaluate.evaluate_run(
-            workdir, k=_K.value, data_path=_DATA.value or None,
-            checkpoint=checkpoint, seed=_SEED.value, batch_size=_BATCH.value,
-            chunk_size=_CHUNK.value, min_active_units=_MIN_AU.value,
-            kl_floor=_KL_FLOOR.value, progress=_PROGRESS.value)
+            workdir, settings, data_path=_DATA.value or None,
+            checkpoint=checkpoint, seed=_SEED.value,
+            progress=_PROGRESS.value).metrics
       except cli.USER_ERRORS as e:
         if not is_sweep:
           raise
@@ -129,7 +132,7 @@ def main(argv):
       if is_sweep and _PROGRESS.value:
         print(f"{name}: {result['nll_nats']:.2f} nats, {result['total_s']:.0f}"
               f" s -> {workdir / result['file']}", flush=True)
-    print(report.evaluation_table(results))
+    print(evaluate.evaluation_table(results))
     written = [r for _, r in results if not isinstance(r, str)]
     if written:
       r = written[0]

@@ -26,7 +26,8 @@ from scipy import stats
 from vae import config as config_lib
 from vae.model import bounds as bounds_lib
 from vae.store import checkpoint, runs
-from vae import evaluate, train
+from vae.evals import evaluate, evaluator
+from vae import train
 from vae.data import datasets as data
 from vae.model import core, diagnostics, likelihoods, networks as models
 from vae.model.networks import VAE
@@ -123,7 +124,7 @@ def _bound(params, x, key, *, k, model):
   """``[N]`` bounds via iwae_dataset: its compiled function is cached by
   (k, model, shapes), so tests with equal ones share one compilation
   (compiling, not computing, dominates these tests' time)."""
-  return evaluate.iwae_dataset(params, x, key, k, model=model,
+  return evaluator.iwae_dataset(params, x, key, k, model=model,
                                batch_size=ROWS).bound
 
 
@@ -240,7 +241,7 @@ def test_chunking_and_batching_do_not_change_the_result(small_mlp):
   # 11 examples in batches of 3 (the last one padded), 120 draws in chunks
   # of 50 (the last one partly masked).
   k, key = 120, jax.random.key(7)
-  a = evaluate.iwae_dataset(params, images, key, k, model=model, batch_size=3,
+  a = evaluator.iwae_dataset(params, images, key, k, model=model, batch_size=3,
                             chunk_size=50)
   # The reference: all 11 examples and 120 draws at once, one logsumexp.
   log_w, log_lik = _reference_weights(params, images, key, k, model)
@@ -250,12 +251,12 @@ def test_chunking_and_batching_do_not_change_the_result(small_mlp):
   assert a.posterior.mean.shape == (11, 3)
   # Draws are nested in k: k = 30 (one chunk, 11 examples in one batch)
   # uses the first 30 of the 120.
-  d = evaluate.iwae_dataset(params, images, key, 30, model=model)
+  d = evaluator.iwae_dataset(params, images, key, 30, model=model)
   np.testing.assert_allclose(
       d.bound, jax.nn.logsumexp(log_w[:, :30], axis=1) - math.log(30),
       atol=2e-4)
   # Another key, other draws.
-  e = evaluate.iwae_dataset(params, images, jax.random.key(8), k, model=model,
+  e = evaluator.iwae_dataset(params, images, jax.random.key(8), k, model=model,
                             batch_size=3, chunk_size=50)
   assert not np.allclose(e.bound, a.bound)
 
@@ -292,14 +293,14 @@ def test_log_importance_weights_match_their_definition(likelihood,
 
 
 def test_chunk_layout_and_bad_arguments():
-  assert evaluate.chunk_layout(1) == (1, 1)
-  assert evaluate.chunk_layout(50, 20) == (50, 1)
-  assert evaluate.chunk_layout(5000, 100) == (100, 50)
-  assert evaluate.chunk_layout(120, 70) == (100, 2)
+  assert bounds_lib.chunk_layout(1) == (1, 1)
+  assert bounds_lib.chunk_layout(50, 20) == (50, 1)
+  assert bounds_lib.chunk_layout(5000, 100) == (100, 50)
+  assert bounds_lib.chunk_layout(120, 70) == (100, 2)
   with pytest.raises(ValueError, match="k=0 is not accepted"):
-    evaluate.chunk_layout(0)
+    bounds_lib.chunk_layout(0)
   with pytest.raises(ValueError, match="chunk_size=0"):
-    evaluate.chunk_layout(10, 0)
+    bounds_lib.chunk_layout(10, 0)
 
 
 def test_bound_is_finite_under_extreme_weights(small_mlp):
@@ -309,7 +310,7 @@ def test_bound_is_finite_under_extreme_weights(small_mlp):
   params = {**params, "decoder": jax.tree_util.tree_map(
       lambda p: p * 1000.0, params["decoder"])}
   key = jax.random.key(0)
-  bound = evaluate.iwae_dataset(params, images, key, 120, model=model,
+  bound = evaluator.iwae_dataset(params, images, key, 120, model=model,
                                 batch_size=3, chunk_size=50).bound
   log_w, _ = _reference_weights(params, images, key, 120, model)
   assert np.isfinite(bound).all() and bound.max() < -1000
@@ -349,14 +350,14 @@ def test_active_units_count_the_dimensions_given_variance():
   model, params, images, expected = _scaled_linear_encoder(scales)
   assert (expected[:3] > 0.05).all() and (expected[3:] < 1e-3).all()
   posterior = core.encode(params, jnp.asarray(images), model=model)
-  count, variances = evaluate.active_units(posterior.mean)
+  count, variances = diagnostics.active_units(posterior.mean)
   assert count == 3
   np.testing.assert_allclose(variances, expected, rtol=1e-4, atol=1e-9)
   # The threshold is a strict "greater than".
-  assert evaluate.active_units(posterior.mean, threshold=variances[1])[0] == 0
-  assert evaluate.active_units(np.eye(4)[:, :3] * [1, 0.1, 0.01])[0] == 1
+  assert diagnostics.active_units(posterior.mean, threshold=variances[1])[0] == 0
+  assert diagnostics.active_units(np.eye(4)[:, :3] * [1, 0.1, 0.01])[0] == 1
   with pytest.raises(ValueError, match="accepted: \\[N, latent_dim\\] with N >= 2"):
-    evaluate.active_units(np.zeros((1, 3)))
+    diagnostics.active_units(np.zeros((1, 3)))
 
 
 def test_kl_per_dimension_is_the_mean_analytic_kl():
@@ -375,7 +376,7 @@ def test_mutual_information_matches_a_gaussian_closed_form(a, s):
   # With N = 4000 the estimate's spread is ~0.015 nats: tolerance 0.06.
   x = np.random.default_rng(0).normal(size=(4000, 1))
   posterior = core.Posterior(a * x, np.full_like(x, np.log(s**2)))
-  mi = evaluate.mutual_information(posterior, jax.random.key(0))
+  mi = diagnostics.mutual_information(posterior, jax.random.key(0))
   assert mi == pytest.approx(0.5 * math.log(1 + a * a / s / s), abs=0.06)
 
 
@@ -385,23 +386,23 @@ def test_mutual_information_limits_and_minibatches():
   n = 1000
   rng = np.random.default_rng(1)
   same = core.Posterior(np.zeros((n, 1)), np.zeros((n, 1)))
-  assert abs(evaluate.mutual_information(same, jax.random.key(0))) < 0.09
+  assert abs(diagnostics.mutual_information(same, jax.random.key(0))) < 0.09
   # Posteriors that do not overlap: the estimate sits at its ceiling log M.
   apart = core.Posterior(rng.permutation(n)[:, None] * 1.0,
                          np.full((n, 1), -12.0))
-  full = evaluate.mutual_information(apart, jax.random.key(0))
+  full = diagnostics.mutual_information(apart, jax.random.key(0))
   assert full == pytest.approx(math.log(n), abs=0.09)
   # Minibatches of M (the same draws): the ceiling moves to log M exactly,
   # and a smaller last minibatch weighs by its size (1000 = 3 x 300 + 100).
-  by_100 = evaluate.mutual_information(apart, jax.random.key(0), batch_size=100)
+  by_100 = diagnostics.mutual_information(apart, jax.random.key(0), batch_size=100)
   assert by_100 - full == pytest.approx(math.log(100) - math.log(n), abs=1e-4)
-  by_300 = evaluate.mutual_information(apart, jax.random.key(0), batch_size=300)
+  by_300 = diagnostics.mutual_information(apart, jax.random.key(0), batch_size=300)
   assert by_300 - full == pytest.approx(
       (900 * math.log(300) + 100 * math.log(100)) / n - math.log(n), abs=1e-4)
 
 
 def test_collapse_flags_and_diagnosis():
-  healthy = evaluate.collapse_diagnosis(
+  healthy = diagnostics.collapse_diagnosis(
       3, [2.0, 1.0, 0.5, 0.001], posterior_mean_variance=[1.0, 0.5, 0.2, 1e-4])
   assert not healthy["collapsed"]
   assert healthy["inactive_units"] == [3] and healthy["kl_below_floor_units"] == [3]
@@ -409,7 +410,7 @@ def test_collapse_flags_and_diagnosis():
                                          "units are active")
   assert ("1 unit is inactive (3), with 0.001 nats of KL together: partial "
           "collapse" in healthy["diagnosis"])
-  dead = evaluate.collapse_diagnosis(0, [0.001, 0.002],
+  dead = diagnostics.collapse_diagnosis(0, [0.001, 0.002],
                                      posterior_mean_variance=[1e-5, 1e-6])
   assert dead["collapsed"] and dead["too_few_active_units"]
   assert dead["all_kl_below_floor"]
@@ -417,8 +418,8 @@ def test_collapse_flags_and_diagnosis():
                                       "units are active")
   assert "every latent dimension carries less than 0.01 nats" in dead["diagnosis"]
   # Either condition alone flags the run; the thresholds are arguments.
-  assert evaluate.collapse_diagnosis(2, [0.005, 0.009])["collapsed"]
-  few = evaluate.collapse_diagnosis(2, [1.0, 1.0, 0.0], min_active_units=3)
+  assert diagnostics.collapse_diagnosis(2, [0.005, 0.009])["collapsed"]
+  few = diagnostics.collapse_diagnosis(2, [1.0, 1.0, 0.0], min_active_units=3)
   assert few["collapsed"] and few["too_few_active_units"]
   assert not few["all_kl_below_floor"]
   assert few["diagnosis"].endswith("carried by 2 unit(s); 1 unit is unused.")
@@ -427,8 +428,9 @@ def test_collapse_flags_and_diagnosis():
 def test_evaluate_params_on_a_collapsed_and_a_healthy_model():
   ppca = PPCA()
   x, xs = ppca.data(2 * ROWS)
-  healthy = evaluate.evaluate_params(ppca.params, xs, jax.random.key(0),
-                                     model=ppca.model, k=32, batch_size=ROWS)
+  settings = evaluator.BoundSettings(k=32, batch_size=ROWS)
+  healthy = evaluator.Evaluator(ppca.model, xs).bound(
+      ppca.params, jax.random.key(0), settings).metrics
   assert healthy["active_units"] == 2 and not healthy["collapse"]["collapsed"]
   assert healthy["nll_nats"] == pytest.approx(-ppca.log_density(x).mean(),
                                               abs=0.02)
@@ -442,8 +444,8 @@ def test_evaluate_params_on_a_collapsed_and_a_healthy_model():
   # The encoder ignores x and outputs the prior: nothing gets through.
   params = jax.tree_util.tree_map(jnp.zeros_like, ppca.params)
   params["decoder"] = ppca.params["decoder"]
-  dead = evaluate.evaluate_params(params, xs, jax.random.key(0),
-                                  model=ppca.model, k=32, batch_size=ROWS)
+  dead = evaluator.Evaluator(ppca.model, xs).bound(
+      params, jax.random.key(0), settings).metrics
   assert dead["active_units"] == 0 and dead["collapse"]["collapsed"]
   assert dead["rate"] == pytest.approx(0.0, abs=1e-6)
   # 0 up to Monte Carlo error: 4 x 0.5 sqrt(2 L) / sqrt(N) = 0.09 nats.
@@ -474,7 +476,8 @@ def _run_script(*args):
 
 
 def test_evaluate_run_writes_eval_json(tiny_run):
-  result = evaluate.evaluate_run(tiny_run, k=8, batch_size=64)
+  result = evaluate.evaluate_run(
+      tiny_run, evaluator.BoundSettings(k=8, batch_size=64)).metrics
   written = json.loads((tiny_run / "eval.json").read_text())
   assert written["nll_nats"] == result["nll_nats"]
   for field in ("run", "checkpoint", "epoch", "dataset", "num_examples", "k",
@@ -502,10 +505,12 @@ def test_external_idx_and_npz_give_identical_results(tiny_run, tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), np.uint8)
   data.save_idx(tmp_path / "some-images-idx3-ubyte.gz", images)
   np.savez(tmp_path / "some.npz", images=images.reshape(64, 784))
-  a = evaluate.evaluate_run(tiny_run, k=8, batch_size=64,
-                            data_path=tmp_path / "some-images-idx3-ubyte.gz")
-  b = evaluate.evaluate_run(tiny_run, k=8, batch_size=64,
-                            data_path=tmp_path / "some.npz")
+  settings = evaluator.BoundSettings(k=8, batch_size=64)
+  a = evaluate.evaluate_run(
+      tiny_run, settings,
+      data_path=tmp_path / "some-images-idx3-ubyte.gz").metrics
+  b = evaluate.evaluate_run(tiny_run, settings,
+                            data_path=tmp_path / "some.npz").metrics
   assert a["num_examples"] == b["num_examples"] == 64
   for field in ("nll_nats", "elbo", "rate", "mutual_information"):
     assert a[field] == b[field]
@@ -515,10 +520,10 @@ def test_external_idx_and_npz_give_identical_results(tiny_run, tmp_path):
 
 
 def test_eval_file_names():
-  assert evaluate.eval_file_name(None) == "eval.json"
-  assert evaluate.eval_file_name("/x/t10k-images-idx3-ubyte.gz") == (
+  assert runs.eval_file_name(None) == "eval.json"
+  assert runs.eval_file_name("/x/t10k-images-idx3-ubyte.gz") == (
       "eval_t10k-images-idx3-ubyte.json")
-  assert evaluate.eval_file_name("my digits.npz") == "eval_my_digits.json"
+  assert runs.eval_file_name("my digits.npz") == "eval_my_digits.json"
 
 
 def test_find_runs(tiny_run, tmp_path):
@@ -582,7 +587,8 @@ def test_evaluate_run_rejects_malformed_files(tiny_run, tmp_path, name, write,
   path = tmp_path / name
   write(path)
   with pytest.raises(data.DataError, match=expected) as err:
-    evaluate.evaluate_run(tiny_run, k=2, data_path=path)
+    evaluate.evaluate_run(tiny_run, evaluator.BoundSettings(k=2),
+                          data_path=path)
   assert str(path) in str(err.value)
 
 
@@ -595,27 +601,30 @@ def test_evaluate_run_rejects_other_bad_input(tiny_run, tmp_path):
   small = tmp_path / "one.npy"
   np.save(small, np.zeros((1, 28, 28), np.uint8))
   with pytest.raises(data.DataError, match="at least 2"):
-    evaluate.evaluate_run(tiny_run, k=2, data_path=small)
+    evaluate.evaluate_run(tiny_run, evaluator.BoundSettings(k=2),
+                          data_path=small)
   with pytest.raises(runs.RunError, match="not a run directory"):
-    evaluate.evaluate_run(tmp_path, k=2)
+    evaluate.evaluate_run(tmp_path, evaluator.BoundSettings(k=2))
   with pytest.raises(runs.RunError, match="checkpoint 'first' is not accepted"):
-    evaluate.evaluate_run(tiny_run, k=2, checkpoint="first")
+    evaluate.evaluate_run(tiny_run, evaluator.BoundSettings(k=2),
+                          checkpoint="first")
   with pytest.raises(ValueError, match="k=0 is not accepted"):
-    evaluate.evaluate_run(tiny_run, k=0, write=False)
+    evaluate.evaluate_run(tiny_run, evaluator.BoundSettings(k=0), write=False)
 
 
 @pytest.mark.skipif(not REAL_MNIST_IMAGES.is_file(),
                     reason=f"real MNIST test files not at {REAL_MNIST_DIR}")
 def test_real_mnist_test_set(tiny_run):
-  result = evaluate.evaluate_run(tiny_run, k=8, data_path=REAL_MNIST_IMAGES,
-                                 batch_size=64, write=False)
+  result = evaluate.evaluate_run(
+      tiny_run, evaluator.BoundSettings(k=8, batch_size=64),
+      data_path=REAL_MNIST_IMAGES, write=False).metrics
   assert result["num_examples"] == 10000
   assert np.isfinite(result["nll_nats"]) and result["split"] is None
   assert result["file"] == "eval_t10k-images-idx3-ubyte.json"
 
 
 def test_mi_note_says_what_an_estimate_above_log_m_means():
-  from vae import evaluate as evaluate_lib
+  from vae.evals import evaluate as evaluate_lib
   base = {"mutual_information_max": 4.61, "mutual_information_batch_size": 100}
   assert evaluate_lib._mi_notes({**base, "mutual_information": 3.0}) == []
   near, = evaluate_lib._mi_notes({**base, "mutual_information": 4.4})

@@ -31,14 +31,15 @@ import numpy as np
 
 from vae import config as config_lib
 from vae.model import core, networks as models
-from vae import devices as devices_lib, evaluate
+from vae import devices as devices_lib
 from vae.data import preprocess
 from vae import numerics, step, trainer as trainer_lib
 from vae.store import restore
-from vae.model.bounds import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, DEFAULT_K,
-                        _iwae_batch, chunk_layout, iwae_dataset,
-                        log_importance_weights)
-from vae.evaluate import peak_rss_mib
+from vae.evals.evaluator import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE,
+                                 DEFAULT_K, _iwae_batch, iwae_dataset)
+from vae.model.bounds import chunk_layout, log_importance_weights
+from vae.evals import evaluate
+from vae.evals.evaluate import peak_rss_mib
 from vae.errors import ConfigError
 from vae.model.networks import VAE
 
@@ -420,7 +421,8 @@ def sweep_benchmark(num_members: int, config=None, num_examples: int = 10_000,
 def iwae_floor(params, x_batch, *, model: VAE, k: int, num_examples: int,
                chunk_size: int = DEFAULT_CHUNK_SIZE
                ) -> tuple[float, list[dict[str, Any]]]:
-  """Seconds the matrix products of :func:`vae.bounds.iwae_dataset` take, timed alone.
+  """Seconds the matrix products of :func:`vae.evals.evaluator.iwae_dataset`
+  take, timed alone.
 
   Reads every ``dot_general`` of the encoder (run once per batch) and of one
   chunk of the decoder (run ``num_chunks`` times per batch) from their
@@ -459,9 +461,10 @@ def iwae_benchmark(workdir: str | Path | None = None, *, k: int = DEFAULT_K,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Seconds for the k-sample bound over ``num_examples`` images, and its floor.
 
-  Times ``repeats`` passes of :func:`vae.bounds.iwae_dataset` (after compiling on one
-  batch; the fastest is kept) and, in the same process, :func:`iwae_floor`:
-  the same matrix products timed alone (fastest of 7). ``ratio`` = seconds /
+  Times ``repeats`` passes of :func:`vae.evals.evaluator.iwae_dataset`
+  (after compiling on one batch; the fastest is kept) and, in the same
+  process, :func:`iwae_floor`: the same matrix products timed alone
+  (fastest of 7). ``ratio`` = seconds /
   floor_s: what the rest (sampling, the likelihood's element-wise work, the
   logsumexp, the loop) costs on top. The 1-minute load averages before and
   after are recorded: on a shared machine other processes inflate a single

@@ -89,7 +89,8 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
   written.append(plots.latent_scatter(
       params, model, test.images, test.labels, out / files["latent_scatter"],
       keys.scatter, base, tsne_points=tsne_points,
-      names=("VAE" if is_vae else "autoencoder", "autoencoder")).path)
+      names=("VAE" if is_vae else "autoencoder", "autoencoder"),
+      batch_size=run.config.eval_batch_size).path)
   written.append(plots.traversals(params, model, focus,
                                   out / files["traversals"]).path)
   if is_vae and d >= 2:
@@ -100,8 +101,9 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
     written.append(plots.training_curves(records,
                                          out / files["training_curves"]).path)
   if is_vae:
-    written.append(plots.kl_per_dim_bars(params, model, test.images,
-                                         out / files["kl_per_dim"]).path)
+    written.append(plots.kl_per_dim_bars(
+        params, model, test.images, out / files["kl_per_dim"],
+        batch_size=run.config.eval_batch_size).path)
   return written
 
 
@@ -201,7 +203,8 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
         (ae.params, ae.model),
         tsne_points=tsne_points,
         names=(f"{m.name} (VAE, beta={float(r.config.beta):g})",
-               f"{ae_dir.name} (autoencoder)")).path)
+               f"{ae_dir.name} (autoencoder)"),
+        batch_size=r.config.eval_batch_size).path)
   if members_figures:
     for m, _ in vaes:
       written += plot_run(m, seed, which, baseline=baseline_dir,

@@ -9,7 +9,6 @@ only (this matters for Gaussian means alone).
 
 from __future__ import annotations
 
-import functools
 import statistics
 
 import jax
@@ -105,24 +104,6 @@ def decode_means(params, model: VAE, z) -> np.ndarray:
   return np.asarray(likelihoods.likelihood_mean(
       model.likelihood, core.decode(params, jnp.asarray(z, jnp.float32),
                                     model=model)))
-
-
-def encode_all(params, model: VAE, images, batch_size: int = 1000
-               ) -> core.Posterior:
-  """q(z | x) of every image, in batches: NumPy fields ``[N, latent_dim]``."""
-  images = jnp.asarray(images, jnp.float32)
-  fn = _jitted_encode(model)
-  means, logvars = [], []
-  for start in range(0, images.shape[0], batch_size):
-    post = fn(params, images[start:start + batch_size])
-    means.append(np.asarray(post.mean))
-    logvars.append(np.asarray(post.logvar))
-  return core.Posterior(np.concatenate(means), np.concatenate(logvars))
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_encode(model: VAE):
-  return jax.jit(functools.partial(core.encode, model=model))
 
 
 def normal_quantiles(n: int, lo: float = 0.05, hi: float = 0.95) -> np.ndarray:

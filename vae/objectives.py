@@ -10,7 +10,8 @@ Two kinds of settings shape the loss:
   share one compiled program, and changing them never recompiles.
 
 Metrics are reduced from per-example terms on the host, in float64
-(:func:`epoch_metrics`, :func:`dataset_metrics`), so that they do not depend
+(:func:`epoch_metrics`; the test set's: :func:`vae.evals.evaluator.elbo_metrics`),
+so that they do not depend
 on how XLA emits a reduction for a given number of sweep members.
 """
 
@@ -283,13 +284,3 @@ def epoch_metrics(terms: dict[str, np.ndarray], free_bits: float,
   metrics["nonfinite_steps"] = int(np.sum(~finite))
   return metrics
 
-
-def dataset_metrics(log_likelihood: np.ndarray, kl_per_dim: np.ndarray,
-                    beta: float, num_data_dims: int) -> dict[str, float]:
-  """Metrics over a whole dataset from per-example terms (``[N]`` and
-  ``[N, L]``), in float64: nats per example."""
-  metrics = core.metrics_from_terms(
-      np.asarray(log_likelihood, np.float64),
-      np.asarray(kl_per_dim, np.float64), np.float64(beta), num_data_dims,
-      xp=np)
-  return {k: float(v) for k, v in metrics.items()}

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae.model import core, diagnostics
-from vae.images import (decode_means, encode_all, for_display,
+from vae.evals import evaluator
+from vae.images import (decode_means, for_display,
                         latent_dim, manifold_latents, neighbourhood_latents,
                         pick_indices, project_2d, reconstruction_grid,
                         reconstruction_rows, seed_from_key, tile,
@@ -292,7 +293,8 @@ def latent_manifold(params, model: VAE, path, *, n: int = 20) -> Drawn:
 def latent_scatter(params, model: VAE, images, labels, path, key: jax.Array,
                    baseline: tuple[Any, VAE] | None = None, *,
                    tsne_points: int = 1000,
-                   names: tuple[str, str] = ("VAE", "autoencoder")) -> Drawn:
+                   names: tuple[str, str] = ("VAE", "autoencoder"),
+                   batch_size: int = evaluator.POSTERIOR_BATCH_SIZE) -> Drawn:
   """Posterior means of a test set in 2-D, coloured by label:
   (470 * cols + 130) x (70 + 500 * rows) px.
 
@@ -312,6 +314,7 @@ def latent_scatter(params, model: VAE, images, labels, path, key: jax.Array,
     baseline: optional ``(params, model)`` drawn beside.
     tsne_points: largest t-SNE subset.
     names: titles of the run and the baseline.
+    batch_size: examples per encoder call (the run's ``eval_batch_size``).
 
   Returns:
     arrays ``labels``, ``tsne_index`` and per panel ``run_<method>`` /
@@ -329,7 +332,8 @@ def latent_scatter(params, model: VAE, images, labels, path, key: jax.Array,
     models.append(("baseline", names[1], baseline[0], baseline[1]))
   panels = []
   for role, name, p, m in models:
-    means = encode_all(p, m, images).mean
+    means = evaluator.posterior(p, images, model=m,
+                                batch_size=batch_size).mean
     d = means.shape[1]
     methods = ["direct"] if d <= 2 else ["pca", "tsne"]
     for method in methods:
@@ -404,7 +408,7 @@ def traversals(params, model: VAE, image, path, *, n_steps: int = 11,
     arrays ``z`` ``[D, n_steps, D]``, ``images`` ``[D, n_steps, H, W, C]``,
     ``kl`` ``[D]``, ``values`` ``[n_steps]`` and ``grid``.
   """
-  post = encode_all(params, model, np.asarray(image)[None])
+  post = evaluator.posterior(params, np.asarray(image)[None], model=model)
   mean, kl = post.mean[0], np.asarray(core.kl_per_dim(post))[0]
   z = traversal_latents(mean, n_steps, limit)
   d = z.shape[0]
@@ -454,7 +458,7 @@ def neighbourhood_grid(params, model: VAE, image, path, *, n: int = 9,
     arrays ``z`` ``[n, n, D]``, ``images`` ``[n, n, H, W, C]``, ``dims``
     ``[2]`` (0-based), ``kl`` ``[D]``, ``std`` ``[D]`` and ``grid``.
   """
-  post = encode_all(params, model, np.asarray(image)[None])
+  post = evaluator.posterior(params, np.asarray(image)[None], model=model)
   mean, logvar = post.mean[0], post.logvar[0]
   kl = np.asarray(core.kl_per_dim(post))[0]
   if kl.shape[0] < 2:
@@ -553,22 +557,28 @@ def training_curves(records: Sequence[dict[str, Any]], path) -> Drawn:
   return Drawn(path, arrays)
 
 
-def kl_per_dim_bars(params, model: VAE, images, path) -> Drawn:
+def kl_per_dim_bars(params, model: VAE, images, path, *,
+                    batch_size: int = evaluator.POSTERIOR_BATCH_SIZE
+                    ) -> Drawn:
   """Mean KL per latent dimension over ``images``, as bars:
   max(600, 80 + 28 * D) x 420 px.
 
   The analytic KL(q(z_k | x) || N(0, 1)) in nats, averaged over the images
-  (no sampling; :func:`vae.diagnostics.kl_per_dimension`), with the
-  dimensions above :data:`vae.diagnostics.KL_FLOOR` and the active units
-  (:func:`vae.diagnostics.active_units`) counted in the title: the
-  thresholds ``scripts/evaluate.py`` reports.
+  (no sampling), with the dimensions above
+  :data:`vae.model.diagnostics.KL_FLOOR` and the active units counted in the
+  title: the evaluator's posterior diagnostics
+  (:func:`vae.evals.evaluator.posterior_diagnostics`, encoding in batches of
+  ``batch_size``, the run's ``eval_batch_size``), the thresholds
+  ``scripts/evaluate.py`` reports.
 
   Returns:
     arrays ``kl`` ``[D]`` and ``posterior_mean_variance`` ``[D]``.
   """
-  post = encode_all(params, model, images)
-  kl = diagnostics.kl_per_dimension(post)
-  active, variances = diagnostics.active_units(post.mean)
+  post = evaluator.posterior(params, images, model=model,
+                             batch_size=batch_size)
+  evaluated = evaluator.posterior_diagnostics(post)
+  kl, variances = evaluated["kl_per_dim"], evaluated["posterior_mean_variance"]
+  active = evaluated["active_units"]
   d = kl.shape[0]
   width = max(600, 80 + 28 * d)
   with _style():

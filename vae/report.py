@@ -11,7 +11,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -179,52 +179,3 @@ def rate_distortion_figure(rows: list[dict[str, Any]], workdir: str | Path
       + (f" (other settings left out: {', '.join(left_out)})"
          if left_out else "")))
   return plot_path
-
-
-_COLUMNS = (  # (header, result field, format)
-    ("NLL", "nll_nats", "{:.2f}"),
-    ("bits/dim", "nll_bits_per_dim", "{:.4f}"),
-    ("ELBO", "elbo", "{:.2f}"),
-    ("rate", "rate", "{:.2f}"),
-    ("distortion", "distortion", "{:.2f}"),
-    ("MI", "mutual_information", "{:.2f}"),
-)
-
-
-def evaluation_table(results: Sequence[tuple[str, dict[str, Any] | str]]) -> str:
-  """A plain-text table, one row per (name, result or error message).
-
-  Columns: checkpoint epoch, N, k, NLL (nats, -IWAE bound), bits/dim, ELBO,
-  rate, distortion, active units, MI, collapse flag; then one line per run
-  with its diagnosis (or its error) and notes (a note every run shares is
-  printed once).
-  """
-  width = max([3] + [len(name) for name, _ in results])
-  head = (f"{'run':<{width}} {'epoch':>5} {'N':>6} {'k':>5}" +
-          "".join(f" {c:>10}" for c, _, _ in _COLUMNS[:5]) +
-          f" {'AU':>6} {_COLUMNS[5][0]:>6} {'collapse':>8}")
-  lines = [head]
-  for name, r in results:
-    if isinstance(r, str):
-      lines.append(f"{name:<{width}} error")
-      continue
-    lines.append(
-        f"{name:<{width}} {r['epoch']:>5} {r['num_examples']:>6} {r['k']:>5}" +
-        "".join(f" {fmt.format(r[key]):>10}" for _, key, fmt in _COLUMNS[:5]) +
-        f" {str(r['active_units']) + '/' + str(r['num_latents']):>6}"
-        f" {r['mutual_information']:>6.2f}"
-        f" {'YES' if r['collapse']['collapsed'] else 'no':>8}")
-  lines.append("nats per example; NLL = -IWAE bound (k importance samples); "
-               "ELBO = -(rate + distortion); AU = active units; MI in nats.")
-  done = [r for _, r in results if not isinstance(r, str)]
-  shared = [note for note in (done[0].get("notes", []) if done else [])
-            if len(done) > 1 and all(note in r.get("notes", []) for r in done)]
-  for name, r in results:
-    if isinstance(r, str):
-      lines.append(f"{name}: error: {r}")
-    else:
-      lines.append(f"{name}: {r['collapse']['diagnosis']}")
-      lines.extend(f"{name}: note: {note}" for note in r.get("notes", [])
-                   if note not in shared)
-  lines.extend(f"every run: note: {note}" for note in shared)
-  return "\n".join(lines)

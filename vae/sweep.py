@@ -23,7 +23,9 @@ import jax
 import ml_collections
 
 from vae import config as config_lib
-from vae import errors, evaluate, grouping, numerics, report, shards, train
+from vae import errors, grouping, numerics, report, shards, train
+from vae.evals import evaluate
+from vae.evals.evaluator import BoundSettings
 from vae.store import runs
 
 
@@ -116,7 +118,7 @@ def record_sweep_config(workdir: Path, config: ml_collections.ConfigDict
 
 def add_evaluation(rows: list[dict[str, Any]], workdir: str | Path, k: int,
                    log: Callable[[str], None] = print) -> None:
-  """Evaluate every finished VAE member (:func:`vae.evaluate.evaluate_run`:
+  """Evaluate every finished VAE member (:func:`vae.evals.evaluate.evaluate_run`:
   its best checkpoint, k importance samples; writes its ``eval.json``) and
   add the NLL, active units, mutual information and collapse flag to its
   row."""
@@ -124,7 +126,8 @@ def add_evaluation(rows: list[dict[str, Any]], workdir: str | Path, k: int,
     if row["status"] != "finished" or row["objective"] == "autoencoder":
       continue
     log(f"evaluating {row['member']} (k={k})")
-    result = evaluate.evaluate_run(Path(workdir) / row["member"], k=k)
+    result = evaluate.evaluate_run(Path(workdir) / row["member"],
+                                   BoundSettings(k=k)).metrics
     row.update(nll=result["nll_nats"], active_units=result["active_units"],
                mutual_information=result["mutual_information"],
                collapse=bool(result["collapse"]["collapsed"]))

@@ -44,7 +44,8 @@ from vae import rng, tensorboard
 from vae import config as config_lib
 from vae import trainer as trainer_lib
 from vae.errors import ConfigError, Diverged, Interrupted, RunError
-from vae.objectives import TRACED_FIELDS, dataset_metrics, epoch_metrics
+from vae.evals.evaluator import elbo_metrics
+from vae.objectives import TRACED_FIELDS, epoch_metrics
 from vae.state import stack, unstack
 
 __all__ = ["Hooks", "fit", "fit_members", "prepare_workdir"]
@@ -273,9 +274,9 @@ def member_record(outputs: EpochOutputs, index: int,
   train_metrics = epoch_metrics(
       {k: v[index] for k, v in outputs.train_terms.items()}, config.free_bits,
       num_data_dims, loss_is_negative_bound=config.objective == "iwae")
-  test_metrics = dataset_metrics(outputs.test_log_likelihood[index],
-                                 outputs.test_kl_per_dim[index], config.beta,
-                                 num_data_dims)
+  test_metrics = elbo_metrics(outputs.test_log_likelihood[index],
+                              outputs.test_kl_per_dim[index], config.beta,
+                              num_data_dims)
   skipped = train_metrics.pop("nonfinite_steps")
   diverged = bool((skipped and config.on_nan == "stop")
                   or not math.isfinite(test_metrics["elbo"]))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vae.model import bounds
+from vae.evals import evaluator
 from vae import devices as devices_lib, optim, rng
 from vae.model.networks import VAE, build_model
 from vae.objectives import Objective, TracedSettings, traced_settings
@@ -33,7 +33,7 @@ class Trainer(NamedTuple):
       (state, per-example terms [M, ...]) (see :func:`vae.step.train_epoch`).
     evaluation_terms: (params, images, eval_keys [M]) ->
       (log_likelihood [M, N], kl_per_dim [M, N, latent_dim])
-      (:func:`vae.bounds.dataset_elbo_terms`).
+      (:func:`vae.evals.evaluator.member_elbo_terms`).
   """
 
   model: VAE
@@ -60,19 +60,14 @@ def make_trainer(config: ml_collections.ConfigDict, num_train: int,
       train_epoch, model=model, optimizer=optimizer,
       batch_size=config.batch_size, binarize=config.binarize,
       objective=Objective.from_config(config))
-  # Members are evaluated one after another (sequential_vmap: a loop under
-  # vmap): vmapped, the test batch every member shares would become one
-  # product with all members' weights at once, and each member's test ELBO
-  # would differ from its standalone run's in the last bits.
-  eval_fn = jax.custom_batching.sequential_vmap(functools.partial(
-      bounds.dataset_elbo_terms, model=model,
-      batch_size=config.eval_batch_size, objective=config.objective))
   if not members_batch_safely(config):
     epoch_fn = jax.custom_batching.sequential_vmap(epoch_fn)
   init_fn = jax.jit(jax.vmap(init))
   epoch_fn = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None, None, 0, 0)),
                      donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(eval_fn, in_axes=(0, None, 0)))
+  # The evaluator's test ELBO, the members one after another.
+  eval_fn = evaluator.member_elbo_terms(model, config.eval_batch_size,
+                                        config.objective)
   if devices is not None and len(devices) > 1:
     init_fn, epoch_fn, eval_fn = (devices_lib.PerDevice(fn, devices)
                                   for fn in (init_fn, epoch_fn, eval_fn))

@@ -1,16 +1,14 @@
-"""Per-example bounds on log p(x) over a whole dataset: the one-sample ELBO
-(the test ELBO training logs, and every figure and sweep row built from it)
-and the k-sample importance-weighted bound (Burda et al. 2015).
+"""The k-sample importance-weighted bound of a batch (Burda et al. 2015),
+and the one home of its log-weights.
 
-* :func:`dataset_elbo_terms`: per-example log p(x | z) and KL per dimension
-  of one posterior sample per example, in batches keyed by
-  :func:`vae.rng.batch_key`. Training evaluates its test set with it every
-  epoch (vmapped over members); everything else that reports a test ELBO,
-  rate or distortion reads what training logged.
-* :func:`iwae_bound`: ``log (1/k) sum_i w_i`` with ``log w_i = log p(x | z_i)
-  + log p(z_i) - log q(z_i | x)`` and ``z_i ~ q(z | x)``. Its expectation
-  rises with k towards log p(x); k = 1 is the ELBO in expectation.
-  NLL = -bound.
+* :func:`log_weights`: ``log w = log p(x | z) + log p(z) - log q(z | x)``,
+  with :func:`log_prior` and the two forms of ``log q``
+  (:func:`log_posterior`, :func:`log_posterior_of_draws`); the IWAE training
+  objective (vae.train.objectives) and the bound below both use them.
+* :func:`iwae_bound`: ``log (1/k) sum_i w_i`` with ``z_i ~ q(z | x)``. Its
+  expectation rises with k towards log p(x); k = 1 is the ELBO in
+  expectation. NLL = -bound. Over a whole dataset it runs batch by batch
+  in :func:`vae.evals.evaluator.iwae_dataset`.
 
 Random draws of the bound. Draw ``j`` (0-based) for example ``i`` (its index
 in the whole evaluation set) is ``normal(fold_in(fold_in(key, i), j //
@@ -20,18 +18,15 @@ order of floating-point sums does: results agree to float32 rounding, ~1e-5
 nats), and the bound for k uses the first k draws of the bound for any
 k' > k.
 
-Memory. The bound runs over batches of ``batch_size`` examples (a Python loop
-over one compiled function) and, inside, over chunks of ``chunk_size`` draws
-(a ``lax.scan`` keeping a running logsumexp): no array grows with k or N
-except the images and the per-example results. With the defaults (20
-examples x 100 draws = 2,000 decoder rows) the working set of one chunk of the
-784-400-20 MLP is about 2,000 x (784 x 3 + 400 x 2 + 20 x 6) x 4 bytes = 26
-MB, whatever k and N.
+Memory. The bound of a batch runs over chunks of ``chunk_size`` draws (a
+``lax.scan`` keeping a running logsumexp): no array grows with k. With the
+defaults (20 examples x 100 draws = 2,000 decoder rows) the working set of
+one chunk of the 784-400-20 MLP is about 2,000 x (784 x 3 + 400 x 2 + 20 x
+6) x 4 bytes = 26 MB, whatever k.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -40,42 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae.model import core, likelihoods
-from vae import rng
 from vae.model.likelihoods import HALF_LOG_2PI
 from vae.model.networks import VAE
 
 SAMPLE_BLOCK = 50  # draws per key; see the module docstring
-DEFAULT_K = 5000  # Burda et al. (2015)
-DEFAULT_BATCH_SIZE = 20  # examples per compiled call
 DEFAULT_CHUNK_SIZE = 100  # draws per scan step (rounded up to SAMPLE_BLOCK)
-
-def dataset_elbo_terms(params, images: jax.Array, key: jax.Array, *,
-                       model: VAE, batch_size: int, objective: str = "vae"
-                       ) -> tuple[jax.Array, jax.Array]:
-  """Per-example log p(x | z) ``[N]`` and KL per dimension ``[N, latent]``.
-
-  Batches of ``batch_size`` (the last one padded and dropped), one sample per
-  example from ``rng.batch_key(key, batch_index)``. For the autoencoder, z is
-  the encoder's mean and the KL is zero.
-  """
-  n = images.shape[0]
-  num_batches = -(-n // batch_size)
-  padded = jnp.pad(images, [(0, num_batches * batch_size - n)] +
-                   [(0, 0)] * (images.ndim - 1))
-  padded = padded.reshape((num_batches, batch_size) + images.shape[1:])
-
-  def per_batch(i_and_x):
-    i, x = i_and_x
-    if objective == "autoencoder":
-      terms = core.autoencoder_terms(params, x, model=model)
-    else:
-      terms = core.elbo_terms(params, x, rng.batch_key(key, i), model=model)
-    return terms.log_likelihood, terms.kl_per_dim
-
-  log_lik, kl_per_dim = jax.lax.map(per_batch, (jnp.arange(num_batches), padded))
-  return (log_lik.reshape(-1)[:n],
-          kl_per_dim.reshape((-1, kl_per_dim.shape[-1]))[:n])
-
 
 class IwaeTerms(NamedTuple):
   """Per-example results of :func:`iwae_terms`.
@@ -93,7 +57,7 @@ class IwaeTerms(NamedTuple):
   posterior: core.Posterior
 
 
-def _check_k(k) -> int:
+def check_k(k) -> int:
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
     raise ValueError(f"k={k!r} is not accepted: an integer >= 1 (importance "
                      "samples per example)")
@@ -108,7 +72,7 @@ def chunk_layout(k: int, chunk_size: int = DEFAULT_CHUNK_SIZE
   ``min(chunk_size, k)`` rounded up to a multiple of SAMPLE_BLOCK and the
   draws past k in the last chunk are computed and masked out.
   """
-  k = _check_k(k)
+  k = check_k(k)
   if isinstance(chunk_size, bool) or not isinstance(
       chunk_size, (int, np.integer)) or chunk_size < 1:
     raise ValueError(f"chunk_size={chunk_size!r} is not accepted: an integer "
@@ -229,7 +193,7 @@ def iwae_terms(params, x: jax.Array, key: jax.Array, k: int, *, model: VAE,
   Returns:
     :class:`IwaeTerms` with ``[B]`` fields in nats per example.
   """
-  k = _check_k(k)
+  k = check_k(k)
   chunk, num_chunks = chunk_layout(k, chunk_size)
   posterior = core.encode(params, x, model=model)
   batch, latent_dim = posterior.mean.shape
@@ -264,61 +228,3 @@ def iwae_bound(params, x: jax.Array, key: jax.Array, k: int, *, model: VAE,
   """
   return iwae_terms(params, x, key, k, model=model, chunk_size=chunk_size,
                     first_index=first_index).bound
-
-
-@functools.partial(jax.jit, static_argnames=("k", "model", "chunk_size"))
-def _iwae_batch(params, x, key, first_index, *, k, model, chunk_size):
-  return iwae_terms(params, x, key, k, model=model, chunk_size=chunk_size,
-                    first_index=first_index)
-
-
-def iwae_dataset(params, images, key: jax.Array, k: int, *, model: VAE,
-                 batch_size: int = DEFAULT_BATCH_SIZE,
-                 chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 progress: bool | str = False) -> IwaeTerms:
-  """:func:`iwae_terms` over a whole set, batch by batch (one compilation).
-
-  Args:
-    params: parameters.
-    images: ``[N, H, W, C]`` in [0, 1] (NumPy or JAX).
-    key: the bound's key; example i uses ``fold_in(key, i)``.
-    k, model, chunk_size: as in :func:`iwae_terms`.
-    batch_size: examples per compiled call (the last batch is padded and the
-      padding dropped).
-    progress: show a progress bar (a string: its label).
-
-  Returns:
-    :class:`IwaeTerms` of NumPy arrays: ``[N]`` bounds and mean
-    log-likelihoods, ``[N, L]`` posterior fields.
-  """
-  k = _check_k(k)
-  chunk_layout(k, chunk_size)
-  if isinstance(batch_size, bool) or not isinstance(
-      batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size={batch_size!r} is not accepted: an integer "
-                     ">= 1")
-  images = np.asarray(images, np.float32)
-  n = images.shape[0]
-  if n == 0:
-    raise ValueError("images is empty (N = 0); accepted: N >= 1")
-  batch_size = min(int(batch_size), n)
-  starts = range(0, n, batch_size)
-  if progress:
-    from tqdm.auto import tqdm
-    starts = tqdm(starts, desc=progress if isinstance(progress, str) else
-                  "iwae", unit="batch", leave=False)
-  parts = []
-  for start in starts:
-    x = images[start:start + batch_size]
-    if x.shape[0] < batch_size:
-      x = np.concatenate([x, np.repeat(x[-1:], batch_size - x.shape[0], 0)])
-    parts.append(jax.device_get(_iwae_batch(
-        params, x, key, jnp.int32(start), k=k, model=model,
-        chunk_size=int(chunk_size))))
-
-  def cat(field):
-    return np.concatenate([field(p) for p in parts])[:n]
-
-  return IwaeTerms(cat(lambda p: p.bound), cat(lambda p: p.log_likelihood),
-                   core.Posterior(cat(lambda p: p.posterior.mean),
-                                  cat(lambda p: p.posterior.logvar)))
