@@ -16,9 +16,10 @@ from pathlib import Path
 
 from absl import app, flags
 
-from vae import cli, figures, numerics
+from vae import cli, numerics
+from vae.viz import figures
 from vae.store import runs
-from vae import tensorboard
+from vae.viz import tensorboard
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")

@@ -19,9 +19,10 @@ from PIL import Image
 from vae import config as config_lib
 from vae.model import core, likelihoods
 from vae.data import datasets as data, preprocess
-from vae import figures, plots, report, tensorboard, train
+from vae.viz import figures, plots, tensorboard
+from vae import report, train
 from vae.store import restore, runs
-from vae import images as images_lib
+from vae.viz import images as images_lib
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

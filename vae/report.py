@@ -16,7 +16,8 @@ from typing import Any
 import ml_collections
 
 from vae.store import checkpoint, runs
-from vae import grouping, plots
+from vae import grouping
+from vae.viz import plots
 from vae import config as config_lib
 
 TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",

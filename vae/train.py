@@ -40,7 +40,8 @@ from vae import devices as devices_lib, errors, grouping
 from vae import numerics, optim
 from vae.data import preprocess
 from vae.store import provenance, restore, runs
-from vae import rng, tensorboard
+from vae import rng
+from vae.viz import tensorboard
 from vae import config as config_lib
 from vae import trainer as trainer_lib
 from vae.errors import ConfigError, Diverged, Interrupted, RunError

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from vae import images as images_lib
+from vae.viz import images as images_lib
 from vae.data import preprocess
 from vae.store import restore, runs
 from vae import rng

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from vae import grouping, numerics, plots, report, rng
+from vae import grouping, numerics, report, rng
+from vae.viz import plots
 from vae.store import restore, runs
 from vae.data import preprocess
-from vae import images as images_lib
+from vae.viz import images as images_lib
 
 
 def plot_run(workdir, seed: int = 0, which: str | int = "best", *,

@@ -30,7 +30,7 @@ import numpy as np
 
 from vae.model import core, diagnostics
 from vae.evals import evaluator
-from vae.images import (decode_means, for_display,
+from vae.viz.images import (decode_means, for_display,
                         latent_dim, manifold_latents, neighbourhood_latents,
                         pick_indices, project_2d, reconstruction_grid,
                         reconstruction_rows, seed_from_key, tile,
