@@ -15,7 +15,8 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, devices, errors, numerics
+from vae.train import bench, devices
+from vae import cli, errors, numerics
 
 _HIDDEN = flags.DEFINE_list("hidden", ["400"], "MLP hidden widths.")
 _LATENT = flags.DEFINE_integer("latent_dim", 20, "Latent size.")

@@ -38,7 +38,8 @@ import json
 
 from absl import app, flags
 
-from vae import bench, cli, numerics
+from vae.train import bench
+from vae import cli, numerics
 from vae.data import datasets as data
 from vae.evals import evaluate, evaluator
 from vae.model import diagnostics

@@ -17,7 +17,8 @@ signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protec
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
-from vae import cli, devices, launch, numerics, report, shards, sweep
+from vae import cli, launch, numerics, report, shards, sweep
+from vae.train import devices
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
                                           lock_config=True)

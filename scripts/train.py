@@ -16,7 +16,8 @@ signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protec
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
-from vae import cli, numerics, report, train
+from vae import cli, numerics
+from vae.train import loop as train
 from vae.store import runs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -35,7 +36,7 @@ def main(argv):
     numerics.configure(_CONFIG.value.numerics)  # before JAX starts
     summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value and _LOG_EVERY.value,
                         should_stop=should_stop)
-    print(report.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
+    print(train.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
 
 
 if __name__ == "__main__":

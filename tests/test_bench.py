@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vae import bench
+from vae.train import bench
 
 HLO = """
 %fused_computation.3 (param_0: f32[20,784], param_1: f32[784,200]) -> f32[20,200] {

@@ -27,7 +27,7 @@ from vae import config as config_lib
 from vae.model import bounds as bounds_lib
 from vae.store import checkpoint, runs
 from vae.evals import evaluate, evaluator
-from vae import train
+from vae.train import loop as train
 from vae.data import datasets as data
 from vae.model import core, diagnostics, likelihoods, networks as models
 from vae.model.networks import VAE

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vae import grouping, optim, sweep, train
+from vae import grouping, sweep
+from vae.train import optim, loop as train
 from vae.store import restore, runs
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from vae.store import checkpoint, provenance, restore, runs
-from vae import report, sweep, train
+from vae import report, sweep
+from vae.train import loop as train
 from vae.data import datasets as data
-from vae import trainer as trainer_lib
+from vae.train import program as trainer_lib
 from vae import config as config_lib
 
 pytestmark = pytest.mark.fault

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae import objectives
+from vae.train import objectives
 from vae.model.networks import VAE, MLPDecoder, MLPEncoder, init_params
 
 DATA_SHAPE = (3, 1, 1)

@@ -20,7 +20,8 @@ from vae import config as config_lib
 from vae.model import core, likelihoods
 from vae.data import datasets as data, preprocess
 from vae.viz import figures, plots, tensorboard
-from vae import report, train
+from vae import report
+from vae.train import loop as train
 from vae.store import restore, runs
 from vae.viz import images as images_lib
 

@@ -15,12 +15,13 @@ import pytest
 
 from vae import config as config_lib
 from vae.model import core, networks as models
-from vae import grouping, objectives, report, sweep, train
+from vae import grouping, report, sweep
+from vae.train import objectives, loop as train
 from vae.store import restore, runs
 from vae.data import preprocess
-from vae import state as state_lib
-from vae import trainer as trainer_lib
-from vae import devices as devices_lib
+from vae.train import state as state_lib
+from vae.train import program as trainer_lib
+from vae.train import devices as devices_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -330,7 +331,8 @@ def test_readme_member_vs_standalone_full_size(tmp_path):
 
 AVX2_SCRIPT = """
 import sys, json, jax, jax.numpy as jnp, numpy as np
-from vae import config as config_lib, numerics, state, trainer
+from vae import config as config_lib, numerics
+from vae.train import state, program as trainer
 from vae.data import preprocess
 numerics.configure("default")
 base = config_lib.with_fields(hidden_sizes=(64,), latent_dim=4, batch_size=64)
@@ -367,7 +369,7 @@ def test_member_equals_standalone_on_an_emulated_avx2_cpu():
 
 
 def test_more_cpu_devices_than_cores_is_refused():
-  from vae import devices as devices_lib
+  from vae.train import devices as devices_lib
   from vae.errors import ConfigError
   cores = len(os.sched_getaffinity(0))
   with pytest.raises(ConfigError, match=f"at most the {cores} core"):

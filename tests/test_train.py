@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vae.store import restore, runs
-from vae import train
+from vae.train import loop as train
 from vae import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""Which configs share a compiled program, and which share a curve.
+"""A sweep's members, which of them share a compiled program, and which
+share a curve.
 
 A sweep config is an ordinary run config plus a ``sweep`` field naming the
 axes, e.g. ``sweep.beta = (0.1, 1, 8)`` and ``sweep.seed = (0, 1, 2)``; the
@@ -6,9 +7,9 @@ members are the product of the axes (in the order a ConfigDict keeps its
 keys: alphabetical), or the explicit list ``sweep.members`` (a tuple of
 dicts, each optionally with a directory ``name``) when given.
 
-* :func:`static_signature`: the config without its traced fields
-  (:data:`vae.objectives.TRACED_FIELDS`). Members with equal signatures form
-  one *group* and train as one compiled, vmapped program.
+* :func:`groups`: members with equal static signatures
+  (:func:`vae.train.program.static_signature`: the config without its traced
+  fields) form one *group* and train as one compiled, vmapped program.
 * :func:`family`: the config without beta and seed. Members of one family
   are points of one rate-distortion curve (seeds averaged per beta).
 """
@@ -22,16 +23,7 @@ from typing import Any
 import ml_collections
 
 from vae import config as config_lib
-from vae.objectives import TRACED_FIELDS
-
-
-def static_signature(config: ml_collections.ConfigDict) -> str:
-  """The config without its traced fields: runs with equal signatures can
-  share one compiled program."""
-  d = config_lib.config_to_dict(config)
-  for field in TRACED_FIELDS + ("sweep",):
-    d.pop(field, None)
-  return json.dumps(d, sort_keys=True)
+from vae.train.program import static_signature
 
 
 def format_value(value: Any) -> str:

@@ -1,6 +1,5 @@
-"""Every text, CSV and JSON report of the library, and the sweep's
-rate-distortion figure: the summary table of a run, the sweep table and its
-files, and the evaluation table.
+"""The report of a sweep: one row per member read back from its directory,
+the table, ``sweep.csv`` and ``sweep.json``, and the rate-distortion figure.
 
 All figures are nats per example.
 """
@@ -23,26 +22,6 @@ from vae import config as config_lib
 TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",
                  "test_recon", "test_kl", "seconds", "status")
 EVAL_COLUMNS = ("nll", "active_units", "mutual_information", "collapse")
-
-
-def summary_table(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-  """A plain-text table of the final (and best) epoch, in nats per example."""
-  cols = ("loss", "recon", "kl", "elbo", "bits_per_dim")
-  lines = [f"{'':>18}" + "".join(f"{c:>14}" for c in cols)]
-  final = summary["final"]
-  rows = [(f"train (epoch {final['epoch']})", "train", final),
-          (f"test (epoch {final['epoch']})", "test", final)]
-  best = summary.get("best_epoch")
-  by_epoch = {r["epoch"]: r for r in records}
-  if best is not None and best != final["epoch"] and best in by_epoch:
-    rows.append((f"test (best, {best})", "test", by_epoch[best]))
-  for label, split, rec in rows:
-    lines.append(f"{label:>18}" + "".join(
-        f"{rec[f'{split}_{c}']:>14.4f}" for c in cols))
-  total = sum(r.get("epoch_s", 0.0) + r.get("eval_s", 0.0) for r in records)
-  lines.append(f"nats per example; {len(records)} epochs, "
-               f"{total:.1f} s of training and evaluation in metrics.jsonl")
-  return "\n".join(lines)
 
 
 def member_row(name: str, member: ml_collections.ConfigDict, axes: list[str],

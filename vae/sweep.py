@@ -23,7 +23,8 @@ import jax
 import ml_collections
 
 from vae import config as config_lib
-from vae import errors, grouping, numerics, report, shards, train
+from vae import errors, grouping, numerics, report, shards
+from vae.train import loop as train
 from vae.evals import evaluate
 from vae.evals.evaluator import BoundSettings
 from vae.store import runs

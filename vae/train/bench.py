@@ -31,9 +31,10 @@ import numpy as np
 
 from vae import config as config_lib
 from vae.model import core, networks as models
-from vae import devices as devices_lib
+from vae.train import devices as devices_lib
 from vae.data import preprocess
-from vae import numerics, step, trainer as trainer_lib
+from vae import numerics
+from vae.train import step, program as trainer_lib
 from vae.store import restore
 from vae.evals.evaluator import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE,
                                  DEFAULT_K, _iwae_batch, iwae_dataset)

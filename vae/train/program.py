@@ -1,5 +1,7 @@
-"""The compiled programs of a group of runs: init, epoch and evaluation,
-vmapped over a leading member axis, jitted once, and placed on devices.
+"""The compiled programs of a group of runs: init, epoch and evaluation
+(the evaluator's test ELBO), vmapped over a leading member axis, jitted
+once, and placed on devices; and which configs can share them
+(:func:`static_signature`).
 
 A standalone run is a group of one member: the same program as a sweep.
 """
@@ -7,6 +9,7 @@ A standalone run is a group of one member: the same program as a sweep.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -14,12 +17,15 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vae import config as config_lib
 from vae.evals import evaluator
-from vae import devices as devices_lib, optim, rng
+from vae.train import devices as devices_lib, optim
+from vae import rng
 from vae.model.networks import VAE, build_model
-from vae.objectives import Objective, TracedSettings, traced_settings
-from vae.state import TrainState, init_state, stack
-from vae.step import train_epoch
+from vae.train.objectives import (TRACED_FIELDS, Objective, TracedSettings,
+                                  traced_settings)
+from vae.train.state import TrainState, init_state, stack
+from vae.train.step import train_epoch
 
 
 class Trainer(NamedTuple):
@@ -116,3 +122,12 @@ def start_group(configs: list[ml_collections.ConfigDict], num_train: int,
   keys = jax.vmap(rng.member_keys)(seeds)
   state = place(trainer.init(seeds), member_sharding)
   return Group(trainer, state, keys, settings, member_sharding, replicated)
+
+
+def static_signature(config: ml_collections.ConfigDict) -> str:
+  """The config without its traced fields: runs with equal signatures can
+  share one compiled program."""
+  d = config_lib.config_to_dict(config)
+  for field in TRACED_FIELDS + ("sweep",):
+    d.pop(field, None)
+  return json.dumps(d, sort_keys=True)

@@ -16,8 +16,8 @@ import optax
 
 from vae import rng
 from vae.model.networks import VAE
-from vae.objectives import Objective, TracedSettings, kl_weight, loss_fn
-from vae.state import TrainState
+from vae.train.objectives import Objective, TracedSettings, kl_weight, loss_fn
+from vae.train.state import TrainState
 
 
 def all_finite(tree) -> jax.Array:
