@@ -17,9 +17,9 @@ from pathlib import Path
 from absl import app, flags
 
 from vae import cli, numerics
-from vae.viz import figures
 from vae.store import runs
-from vae.viz import tensorboard
+from vae.sweep import figures as sweep_figures
+from vae.viz import figures, tensorboard
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
                                "directory (whose subdirectories are runs).")
@@ -60,7 +60,7 @@ def main(argv):
       if _BASELINE.value:
         print("note: --baseline is ignored for a sweep; its autoencoder "
               "member (objective='autoencoder'), if any, is the baseline")
-      written = figures.plot_sweep(workdir, _SEED.value, which,
+      written = sweep_figures.plot_sweep(workdir, _SEED.value, which,
                                  members_figures=_MEMBERS.value, log=print)
       members = runs.member_dirs(workdir)
     for path in written:

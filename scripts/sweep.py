@@ -17,7 +17,8 @@ signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protec
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
-from vae import cli, launch, numerics, report, shards, sweep
+from vae import cli, numerics
+from vae.sweep import launch, report, shards, runner as sweep
 from vae.train import devices
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Sweep config file.",
@@ -71,7 +72,7 @@ def main(argv):
               "scripts/sweep.py ... --report")
         return
     print(report.sweep_table(rows))
-    for path in report.write_report(rows, _WORKDIR.value):
+    for path in sweep.write_report(rows, _WORKDIR.value):
       print(f"wrote {path}")
     not_done = [f"{r['member']} ({r['status']})" for r in rows
                 if r["status"] not in ("finished", "diverged")]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vae import grouping, sweep
+from vae.sweep import grouping, runner as sweep
 from vae.train import optim, loop as train
 from vae.store import restore, runs
 

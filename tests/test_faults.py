@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from vae.store import checkpoint, provenance, restore, runs
-from vae import report, sweep
+from vae.sweep import report, runner as sweep
 from vae.train import loop as train
 from vae.data import datasets as data
 from vae.train import program as trainer_lib

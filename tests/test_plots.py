@@ -20,7 +20,7 @@ from vae import config as config_lib
 from vae.model import core, likelihoods
 from vae.data import datasets as data, preprocess
 from vae.viz import figures, plots, tensorboard
-from vae import report
+from vae.sweep import figures as sweep_figures, report, runner as sweep_runner
 from vae.train import loop as train
 from vae.store import restore, runs
 from vae.viz import images as images_lib
@@ -213,7 +213,7 @@ def test_traversal_and_neighbourhood_latents(sweep, tmp_path):
 
 
 def test_plot_sweep_writes_rate_distortion_and_reconstructions(sweep):
-  paths = {p.name: p for p in figures.plot_sweep(sweep, seed=0, tsne_points=100)}
+  paths = {p.name: p for p in sweep_figures.plot_sweep(sweep, seed=0, tsne_points=100)}
   # The one rate-distortion figure of the sweep, beside its members.
   assert paths["rate_distortion.png"] == sweep / "rate_distortion.png"
   check_png(paths["rate_distortion.png"], (1250, 520))
@@ -233,7 +233,7 @@ def test_plot_sweep_writes_rate_distortion_and_reconstructions(sweep):
     assert rows[name]["distortion"] == final["test_recon"]
     assert rows[name]["status"] == "finished"
   before = (sweep / "rate_distortion.png").read_bytes()
-  report.write_report(list(rows.values()), sweep)  # as scripts/sweep.py does
+  sweep_runner.write_report(list(rows.values()), sweep)  # as scripts/sweep.py does
   assert (sweep / "rate_distortion.png").read_bytes() == before
 
 
@@ -364,7 +364,7 @@ def test_no_text_leaves_the_canvas(run2d, sweep, tmp_path, no_clipped_text):
   config = json.loads((broken / runs.CONFIG_FILE).read_text())
   config["reduction"], config["beta"] = "mean_pixels", 1.0
   runs.write_json_atomic(broken / runs.CONFIG_FILE, config)
-  figures.plot_sweep(demo, seed=0, tsne_points=100)
+  sweep_figures.plot_sweep(demo, seed=0, tsne_points=100)
   rows = [{"beta": b, "seed": 0, "rate": r, "distortion": d}
           for b, r, d in ((0.1, 12.0, 160.0), (1.0, 6.0, 170.0),
                           (8.0, 2.0, 185.0), (16.0, 1.0, 190.0))]
@@ -391,7 +391,7 @@ def test_latent_scatter_picks_a_vae_by_name_never_a_demonstration(
     return scatter(*args, **kwargs)
 
   monkeypatch.setattr(plots, "latent_scatter", recording)
-  figures.plot_sweep(demo, seed=0, tsne_points=100)
+  sweep_figures.plot_sweep(demo, seed=0, tsne_points=100)
   # betas 0.5 and 2 are equally far from 1 in log; the lower beta wins, its
   # lowest seed; then the autoencoder member by its name.
   assert drawn["names"] == ("b0.5_s0 (VAE, beta=0.5)", "ae (autoencoder)")

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae import grouping, launch, report, shards
+from vae.sweep import grouping, launch, report, shards
 from vae.store import restore, runs
 from vae.errors import ConfigError
 

@@ -15,7 +15,7 @@ import pytest
 
 from vae import config as config_lib
 from vae.model import core, networks as models
-from vae import grouping, report, sweep
+from vae.sweep import grouping, report, runner as sweep
 from vae.train import objectives, loop as train
 from vae.store import restore, runs
 from vae.data import preprocess
@@ -205,7 +205,7 @@ def test_interrupted_sweep_resumes_to_the_same_result(tmp_path):
 def test_report_table_csv_and_rate_distortion_plot(tmp_path):
   config = _sweep_config({"beta": (0.5, 4.0), "seed": (0, 1)}, num_epochs=1)
   rows = sweep.run_sweep(config, tmp_path, progress=False, log=lambda s: None)
-  written = report.write_report(rows, tmp_path)
+  written = sweep.write_report(rows, tmp_path)
   assert {p.name for p in written} == {"sweep.csv", "sweep.json", "rate_distortion.png"}
   lines = (tmp_path / "sweep.csv").read_text().splitlines()
   assert len(lines) == 5 and "test_elbo" in lines[0]
@@ -216,7 +216,8 @@ def test_report_table_csv_and_rate_distortion_plot(tmp_path):
 
 SHARDED_SCRIPT = """
 import json, sys, jax, numpy as np, ml_collections
-from vae import numerics, sweep
+from vae import numerics
+from vae.sweep import runner as sweep
 from vae.store import restore
 numerics.configure("default")
 from vae import config as config_lib

@@ -23,11 +23,12 @@ import jax
 import ml_collections
 
 from vae import config as config_lib
-from vae import errors, grouping, numerics, report, shards
-from vae.train import loop as train
+from vae import errors, numerics
 from vae.evals import evaluate
 from vae.evals.evaluator import BoundSettings
 from vae.store import runs
+from vae.sweep import figures, grouping, report, shards
+from vae.train import loop
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
@@ -68,7 +69,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
     desc = f"{label}group {index + 1}: {len(group)} member(s)"
     log(f"{workdir}: {desc} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
     try:
-      train.fit_members([c for _, c in group], [workdir / n for n in names],
+      loop.fit_members([c for _, c in group], [workdir / n for n in names],
                         devices=devices, progress=progress, desc=desc,
                         log=log, should_stop=should_stop)
     except errors.Diverged as e:  # a lone member: it stops, the sweep goes on
@@ -115,6 +116,17 @@ def record_sweep_config(workdir: Path, config: ml_collections.ConfigDict
           f"{workdir} holds another sweep (its {runs.SWEEP_CONFIG_FILE} "
           f"differs in {changed}); choose another --workdir")
     runs.write_json_atomic(path, new)  # e.g. more epochs: resumable
+
+
+def write_report(rows: list[dict[str, Any]], workdir: str | Path
+                 ) -> list[Path]:
+  """The sweep's report files: ``sweep.csv`` and ``sweep.json``
+  (:func:`vae.sweep.report.write_report`) and ``rate_distortion.png``
+  (:func:`vae.sweep.figures.rate_distortion_figure`, when a VAE member
+  finished); returns the paths written."""
+  written = report.write_report(rows, workdir)
+  plot_path = figures.rate_distortion_figure(rows, workdir)
+  return written + ([plot_path] if plot_path is not None else [])
 
 
 def add_evaluation(rows: list[dict[str, Any]], workdir: str | Path, k: int,

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from vae import numerics, report, shards, sweep
+from vae import numerics
+from vae.sweep import report, shards, runner as sweep
 from vae.store import runs
 from vae.errors import RunError
 
@@ -93,5 +94,5 @@ def launch(config: ml_collections.ConfigDict, workdir: str | Path,
                    f"{max_retries} retries; their logs are under "
                    f"{workdir / SUBMITIT_DIR}")
   rows = report.sweep_rows(workdir, config)
-  report.write_report(rows, workdir)
+  sweep.write_report(rows, workdir)
   return rows

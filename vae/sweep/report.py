@@ -1,5 +1,6 @@
 """The report of a sweep: one row per member read back from its directory,
-the table, ``sweep.csv`` and ``sweep.json``, and the rate-distortion figure.
+the table, ``sweep.csv`` and ``sweep.json``. It draws nothing: the
+rate-distortion figure of these rows is :mod:`vae.sweep.figures`'s.
 
 All figures are nats per example.
 """
@@ -14,10 +15,9 @@ from typing import Any
 
 import ml_collections
 
-from vae.store import checkpoint, runs
-from vae import grouping
-from vae.viz import plots
 from vae import config as config_lib
+from vae.store import checkpoint, runs
+from vae.sweep import grouping
 
 TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",
                  "test_recon", "test_kl", "seconds", "status")
@@ -115,7 +115,8 @@ def _cell(value) -> str:
 
 
 def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
-  """``sweep.csv``, ``sweep.json`` and the rate-distortion plot."""
+  """``sweep.csv`` and ``sweep.json`` (the figure beside them is
+  :func:`vae.sweep.figures.rate_distortion_figure`'s)."""
   workdir = Path(workdir)
   fields = [k for k in dict.fromkeys(k for r in rows for k in r)
             if k != "family"]
@@ -125,37 +126,10 @@ def write_report(rows: list[dict[str, Any]], workdir: str | Path) -> list[Path]:
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-      writer.writerow({k: grouping.format_value(v) if isinstance(v, (tuple, list)) else v
+      writer.writerow({k: grouping.format_value(v)
+                       if isinstance(v, (tuple, list)) else v
                        for k, v in r.items()})
   tmp.replace(csv_path)
   runs.write_json_atomic(workdir / runs.REPORT_JSON, json.loads(json.dumps(
       rows, default=lambda v: list(v) if isinstance(v, tuple) else str(v))))
-  written = [csv_path, workdir / runs.REPORT_JSON]
-  plot_path = rate_distortion_figure(rows, workdir)
-  if plot_path is not None:
-    written.append(plot_path)
-  return written
-
-
-def rate_distortion_figure(rows: list[dict[str, Any]], workdir: str | Path
-                           ) -> Path | None:
-  """The sweep's ``rate_distortion.png``: the finished VAE members of its
-  main family (:func:`vae.grouping.main_family`; the others are named in
-  the title), at their final epoch. None when no VAE member finished.
-
-  The one rate-distortion figure of a sweep: ``scripts/sweep.py`` and
-  ``scripts/plot.py`` both draw it from these rows.
-  """
-  workdir = Path(workdir)
-  vae_rows = [r for r in rows
-              if r["objective"] == "vae" and r["status"] == "finished"]
-  if not vae_rows:
-    return None
-  plot_path = workdir / runs.RATE_DISTORTION_PNG
-  curve = grouping.main_family(vae_rows)
-  left_out = [r["member"] for r in vae_rows if r not in curve]
-  plots.rate_distortion(curve, plot_path, title=(
-      f"{workdir.resolve().name}: {len(curve)} members, final epoch"
-      + (f" (other settings left out: {', '.join(left_out)})"
-         if left_out else "")))
-  return plot_path
+  return [csv_path, workdir / runs.REPORT_JSON]

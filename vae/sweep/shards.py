@@ -27,7 +27,7 @@ from typing import Mapping, NamedTuple
 
 import ml_collections
 
-from vae import grouping
+from vae.sweep import grouping
 from vae.errors import ConfigError
 
 
