@@ -41,11 +41,13 @@ from vae.models import VAE
 
 
 def bench_config(hidden=(400,), latent_dim=20, batch_size=128,
-                 activation="relu", binarize=None):
+                 activation="relu", binarize=None, numerics="default"):
   """The benchmark model: a Bernoulli MLP VAE, Adam, constant learning rate
   (``--hidden 200,200 --latent_dim 50 --batch_size 20 --activation tanh
-  --binarize dynamic``: the IWAE paper's model and batch)."""
+  --binarize dynamic``: the IWAE paper's model and batch), in numerics mode
+  ``numerics`` (the process's flags must be that mode's)."""
   config = config_lib.default_config()
+  config.numerics = numerics
   config.hidden_sizes = tuple(hidden)
   config.latent_dim = latent_dim
   config.batch_size = batch_size

@@ -13,15 +13,19 @@ starts its CPU backend (:func:`configure_numerics`):
   matrix products still use the machine's fastest kernels (YNNPACK's,
   chosen at run time for the processor: results can differ in the last bits
   between an AVX2 and an AVX-512 machine).
-* ``"portable"``: also turns YNNPACK and XNNPACK off, so matrix products
-  are XLA's own code under the same AVX cap, the same instructions on any
-  x86-64 machine with AVX, and pins XLA's CPU thread pool to
-  :data:`PORTABLE_CPU_THREADS` threads (``NPROC``), since products are split
-  into blocks by the pool's threads: the same bits on any number of cores.
-  The aim: bitwise-identical runs on AVX2 and AVX-512 machines (see the
-  README's reproducibility section for what was measured); slower
-  (``scripts/bench.py --numerics portable``), and on a machine with more
-  cores it uses only that many threads.
+* ``"portable"``: also turns YNNPACK and XNNPACK off and has XLA emit
+  every matrix product itself (its tiled LLVM IR GEMM, under the same AVX
+  cap) instead of calling Eigen's oneDNN kernels, which pick their code
+  and their blocking (hence the order of the sums) from the processor's
+  instruction sets and cache sizes. XLA's emitter takes only products of
+  one canonical layout, so the model writes its products in that form in
+  this mode (:func:`vae.models.portable_matmul`; ``build_model`` reads
+  ``config.numerics``). The summation order is then fixed by the program:
+  the same bits on AVX2 and AVX-512 processors whatever their caches, and
+  on any number of cores or threads (the README's reproducibility section
+  says what was measured where). MLP architectures only: convolutions are
+  library calls in either mode (refused by :func:`vae.config.validate`).
+  Slower (``scripts/bench.py --numerics portable``).
 
 In either mode ``NPROC=n`` in the environment sets the pool's size by hand
 (``provenance.json`` records it as ``xla_cpu_threads``).
@@ -41,17 +45,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from vae import runs
 from vae.errors import ConfigError
 
 NUMERICS = ("default", "portable")
 _AVX_CAP = ("--xla_cpu_max_isa=AVX",)
 _NO_RUNTIME_KERNELS = ("--xla_cpu_experimental_ynn_fusion_type=",
-                       "--xla_cpu_use_xnnpack=false")
+                       "--xla_cpu_use_xnnpack=false",
+                       # Products as XLA's own tiled LLVM IR (its emitter
+                       # takes them only when Eigen is single-threaded),
+                       # not Eigen's oneDNN kernels, which dispatch on the
+                       # processor's ISA and cache sizes.
+                       "--xla_cpu_multi_thread_eigen=false",
+                       "--xla_backend_extra_options="
+                       "xla_force_enable_experimental_llvm_ir_gemm")
 _X86 = ("x86_64", "amd64", "i386", "i686")
-# XLA's CPU thread pool in portable mode: the size the references in
-# docs/reference/ were produced with (2 usable cores, before it was pinned).
-PORTABLE_CPU_THREADS = 2
 
 
 def numerics_flags(mode: str) -> tuple[str, ...]:
@@ -102,32 +109,7 @@ def configure_numerics(mode: str) -> str:
           f"vae.devices.configure_numerics({mode!r}) first thing (the "
           "scripts do), or set XLA_FLAGS before starting Python")
     os.environ["XLA_FLAGS"] = " ".join(current + missing)
-  if mode == "portable":
-    _pin_cpu_threads(mode, PORTABLE_CPU_THREADS)
   return os.environ.get("XLA_FLAGS", "")
-
-
-def _pin_cpu_threads(mode: str, threads: int) -> None:
-  """Set ``NPROC`` (read by XLA's CPU client when it starts) to ``threads``.
-
-  Raises:
-    ConfigError: ``NPROC`` is set to another value, or the backend started
-      with another pool size.
-  """
-  nproc = os.environ.get("NPROC")
-  if nproc is not None and nproc.strip() != str(threads):
-    raise ConfigError(
-        f"config.numerics={mode!r} needs NPROC={threads} (XLA's CPU thread "
-        f"pool; results depend on its size), but NPROC={nproc!r} is set: "
-        "unset it")
-  if nproc is None:
-    if _backend_started() and runs.xla_cpu_threads() != threads:
-      raise ConfigError(
-          f"config.numerics={mode!r} needs NPROC={threads} before JAX starts "
-          "its backend, and it has already started: call "
-          f"vae.devices.configure_numerics({mode!r}) first thing (the "
-          "scripts do), or set NPROC before starting Python")
-    os.environ["NPROC"] = str(threads)
 
 
 def use_cpu_cores_as_devices(count: int = 0) -> int:

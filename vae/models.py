@@ -60,6 +60,17 @@ def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @member_by_member
+def transposed_rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
+  """:func:`rows_product` with ``a`` transposed first (``a^T`` materialised,
+  then a product contracted over its last axis): the portable numerics
+  mode's form. XLA's CPU backend emits a product of that canonical layout
+  itself (``vae.numerics``: LLVM IR tiles, capped at AVX), so its summation
+  order is fixed by the program; contracted over the rows directly, it is
+  a library call whose kernels and blocking depend on the processor."""
+  return jnp.transpose(a) @ b
+
+
+@member_by_member
 def ones_product(ones: jax.Array, b: jax.Array) -> jax.Array:
   """``ones [1, n] @ b [n, q]`` -> ``[1, q]``: the bias gradient (a sum over
   rows as a product). Vmapped, a loop of this product."""
@@ -86,6 +97,29 @@ def _matmul_bwd(residuals, dy):
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def portable_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """:func:`matmul` in the portable numerics mode's form: every product of
+  the forward and backward pass is ``a @ b`` with both operands row-major
+  and contracted over ``a``'s last and ``b``'s first axis (transposes
+  materialised: ``dy @ kernel^T`` and :func:`transposed_rows_product`), the
+  one layout XLA's CPU backend emits as its own tiled code. Contracted over
+  other axes, XLA hands a product to a library whose kernels and blocking
+  depend on the processor."""
+  return x @ kernel
+
+
+def _portable_matmul_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = dy @ jnp.transpose(kernel)  # kernel^T materialised: a canonical product
+  dkernel = transposed_rows_product(x.reshape(-1, x.shape[-1]),
+                                    dy.reshape(-1, dy.shape[-1]))
+  return dx, dkernel
+
+
+portable_matmul.defvjp(_matmul_fwd, _portable_matmul_bwd)
 
 
 @jax.custom_vjp
@@ -120,25 +154,29 @@ bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 class Dense(nn.Module):
   """``x @ kernel + bias`` (flax's parameter names and initialisers), with
   the member-count-independent gradients of :func:`matmul` and
-  :func:`bias_add`."""
+  :func:`bias_add`; with ``portable_products``, those of
+  :func:`portable_matmul` (the same parameters and the same values up to
+  rounding, in the products' portable form)."""
 
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
+  portable_products: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
-    return bias_add(matmul(x, kernel), bias)
+    product = portable_matmul if self.portable_products else matmul
+    return bias_add(product(x, kernel), bias)
 
 
 def hidden_layer(h: jax.Array, width: int, activation: str, batch_norm: bool,
-                 train: bool) -> jax.Array:
+                 train: bool, portable_products: bool = False) -> jax.Array:
   """Dense -> (BatchNorm) -> activation. BatchNorm normalises with the batch's
   statistics and updates its running averages when ``train``; otherwise it
   uses the running averages (the ``batch_stats`` collection)."""
-  h = Dense(width)(h)
+  h = Dense(width, portable_products=portable_products)(h)
   if batch_norm:
     h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
   return activation_fn(activation)(h)
@@ -162,14 +200,18 @@ class MLPEncoder(nn.Module):
   latent_dim: int
   activation: str = "relu"
   batch_norm: bool = False
+  portable_products: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> tuple[jax.Array, jax.Array]:
     h = x.reshape(x.shape[:-3] + (-1,))
     for width in self.hidden_sizes:
-      h = hidden_layer(h, width, self.activation, self.batch_norm, train)
-    mean, logvar = jnp.split(Dense(2 * self.latent_dim, name="head")(h), 2, -1)
+      h = hidden_layer(h, width, self.activation, self.batch_norm, train,
+                       self.portable_products)
+    mean, logvar = jnp.split(Dense(
+        2 * self.latent_dim, name="head",
+        portable_products=self.portable_products)(h), 2, -1)
     return mean, logvar
 
 
@@ -182,16 +224,17 @@ class MLPDecoder(nn.Module):
   activation: str = "relu"
   batch_norm: bool = False
   output_activation: str = "none"
+  portable_products: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     hidden = z
     for width in self.hidden_sizes:
       hidden = hidden_layer(hidden, width, self.activation, self.batch_norm,
-                            train)
+                            train, self.portable_products)
     height, width, channels = self.data_shape
     out = Dense(height * width * channels * self.out_per_pixel,
-                name="head")(hidden)
+                name="head", portable_products=self.portable_products)(hidden)
     if self.output_activation != "none":
       out = activation_fn(self.output_activation)(out)
     return out.reshape(z.shape[:-1] +
@@ -302,15 +345,18 @@ def out_per_pixel(likelihood: str, learn_scale: bool) -> int:
 def build_model(config) -> VAE:
   """The VAE a config describes (fields: architecture, hidden_sizes,
   conv_features, activation, batch_norm, decoder_output_activation,
-  latent_dim, likelihood, gaussian_sigma, learn_scale, data_shape)."""
+  latent_dim, likelihood, gaussian_sigma, learn_scale, data_shape, and
+  numerics: "portable" writes the MLP's products in their portable form)."""
   data_shape = tuple(config.data_shape)
   k = out_per_pixel(config.likelihood, config.learn_scale)
   if config.architecture == "mlp":
     hidden = tuple(config.hidden_sizes)
+    portable = config.numerics == "portable"
     encoder = MLPEncoder(hidden, config.latent_dim, config.activation,
-                         config.batch_norm)
+                         config.batch_norm, portable)
     decoder = MLPDecoder(hidden[::-1], data_shape, k, config.activation,
-                         config.batch_norm, config.decoder_output_activation)
+                         config.batch_norm, config.decoder_output_activation,
+                         portable)
   elif config.architecture == "conv":
     feats = tuple(config.conv_features)
     encoder = ConvEncoder(feats, config.latent_dim, config.activation)
