@@ -4,7 +4,7 @@ encoder and the decoder, latent size 2.
 Pitfall it shows: *hidden state*. Batch normalization keeps running averages
 that many implementations update as a side effect. Here they are a
 ``batch_stats`` collection threaded explicitly: each training step takes the
-statistics and returns new ones (``vae.core.train_terms``, training mode:
+statistics and returns new ones (``vae.model.core.train_terms``, training mode:
 batch statistics); evaluation, plots and the test ELBO use the running
 averages (evaluation mode), passed as ``{"params", "batch_stats"}``.
 

@@ -46,7 +46,7 @@ def main(argv):
     devices.use_cpu_cores_as_devices(_CPU_DEVICES.value)
     config = bench.bench_config(bench.parse_widths(_HIDDEN.value),
                                 _LATENT.value, _BATCH.value, _ACTIVATION.value,
-                                _BINARIZE.value)
+                                _BINARIZE.value, _NUMERICS.value)
     if _PROFILE.value < 0:
       raise errors.ConfigError(
           f"--profile={_PROFILE.value} is not accepted: 0 (off) or how many "

@@ -1,4 +1,4 @@
-"""vae.bench: FLOP counts in closed form, the HLO reader and the step profile."""
+"""vae.train.bench: FLOP counts in closed form, the HLO reader and the step profile."""
 
 import jax
 import jax.numpy as jnp

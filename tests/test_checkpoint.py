@@ -1,4 +1,4 @@
-"""Tests for vae.checkpoint: round trips, retention, corruption, crashes."""
+"""Tests for vae.store.checkpoint: round trips, retention, corruption, crashes."""
 
 import contextlib
 import os

@@ -267,7 +267,7 @@ def test_chunking_and_batching_do_not_change_the_result(small_mlp):
 def test_log_importance_weights_match_their_definition(likelihood,
                                                        learn_scale):
   # log w = log p(x | z) + log N(z; 0, I) - log N(z; mean, exp(logvar)), with
-  # log p(x | z) straight from vae.likelihoods on the unflattened images.
+  # log p(x | z) straight from vae.model.likelihoods on the unflattened images.
   config = config_lib.default_config()
   config.hidden_sizes, config.latent_dim = (8,), 3
   config.likelihood, config.learn_scale = likelihood, learn_scale

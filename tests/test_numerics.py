@@ -18,9 +18,13 @@ def test_the_flags_of_each_mode_are_data():
   assert numerics.xla_flags("default", "x86_64") == ("--xla_cpu_max_isa=AVX",)
   assert numerics.xla_flags("portable", "x86_64") == (
       "--xla_cpu_max_isa=AVX", "--xla_cpu_experimental_ynn_fusion_type=",
-      "--xla_cpu_use_xnnpack=false")
+      "--xla_cpu_use_xnnpack=false", "--xla_cpu_multi_thread_eigen=false",
+      "--xla_backend_extra_options="
+      "xla_force_enable_experimental_llvm_ir_gemm")
   # Off x86 the ISA cap is left out (its names differ there).
   assert numerics.xla_flags("default", "aarch64") == ()
+  assert numerics.xla_flags("portable", "aarch64") == (
+      numerics.xla_flags("portable", "x86_64")[1:])
   with pytest.raises(ConfigError, match="config.numerics='fast' is not "
                      "accepted: one of \\('default', 'portable'\\)"):
     numerics.xla_flags("fast")
@@ -28,17 +32,17 @@ def test_the_flags_of_each_mode_are_data():
 
 def test_environment_is_a_pure_function_of_the_environment_it_is_given():
   before = dict(os.environ)
-  x86 = numerics.xla_flags("portable")
+  portable = numerics.xla_flags("portable")
   assert numerics.environment("portable", {}) == {
-      "XLA_FLAGS": " ".join(x86), "NPROC": "2"}
+      "XLA_FLAGS": " ".join(portable)}
+  assert numerics.environment("portable", {"NPROC": "3"}) == {
+      "XLA_FLAGS": " ".join(portable)}  # any thread pool: no pin
+  default = numerics.xla_flags("default")
   assert numerics.environment("default", {"XLA_FLAGS": "--other=1"}) == (
-      {"XLA_FLAGS": " ".join(("--other=1",) + numerics.xla_flags("default"))}
-      if numerics.xla_flags("default") else {})
-  done = {"XLA_FLAGS": " ".join(x86), "NPROC": "2"}
-  assert numerics.environment("portable", done) == {}
-  with pytest.raises(ConfigError, match="needs NPROC=2.*NPROC='3'"):
-    numerics.environment("portable", {**done, "NPROC": "3"})
-  if x86:
+      {"XLA_FLAGS": " ".join(("--other=1",) + default)} if default else {})
+  assert numerics.environment("portable",
+                              {"XLA_FLAGS": " ".join(portable)}) == {}
+  if default:
     with pytest.raises(ConfigError, match="but XLA_FLAGS sets "
                        "--xla_cpu_max_isa=AVX2"):
       numerics.environment("default", {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"})

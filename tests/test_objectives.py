@@ -1,4 +1,4 @@
-"""vae.objectives: the k-sample objectives pinned by value.
+"""vae.train.objectives: the k-sample objectives pinned by value.
 
 The linear-Gaussian VAE (no hidden layers, a Gaussian decoder of fixed
 sigma) has a closed-form marginal, p(x) = N(x | b, W^T W + sigma^2 I), so

@@ -1,4 +1,4 @@
-"""vae.shards and vae.launch: a sweep split into shards, trained as separate
+"""vae.sweep.shards and vae.sweep.launch: a sweep split into shards, trained as separate
 processes (scripts/sweep.py --shard, and submitit's local executor), is
 bitwise the sweep trained in one process; a killed shard re-run alone ends
 the same; the merged report equals the single-process one."""

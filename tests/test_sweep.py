@@ -138,7 +138,7 @@ def test_sweep_member_equals_standalone_run_bitwise(tmp_path):
   solo = tiny(beta=2.0, seed=1, free_bits=0.1, kl_schedule="cyclical",
               kl_cycle_epochs=2.0)
   train.fit(solo, tmp_path / "solo", progress=False, log=lambda s: None)
-  # Bitwise, by construction (vae.models.rows_product, sequential
+  # Bitwise, by construction (vae.model.dense.rows_product, sequential
   # evaluation, FMA-free element-wise code): every parameter, and every
   # metric of every epoch.
   for x, y in zip(_params(tmp_path / "sweep" / "beta2_seed1"),

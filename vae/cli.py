@@ -49,7 +49,7 @@ def user_errors():
 
 def _drop_orbax_thread_errors(record) -> bool:
   """Orbax logs each failure of its background save threads at ERROR, with
-  tracebacks, before re-raising it to the caller, where vae.checkpoint turns
+  tracebacks, before re-raising it to the caller, where vae.store.checkpoint turns
   it into a one-line ``CheckpointError``/``RunError``: drop those logs."""
   return not ("orbax" in record.pathname and record.levelno >= 40)  # ERROR
 
@@ -102,7 +102,7 @@ def stop_on_signals() -> Iterator[Callable[[], str | None]]:
   """While active, SIGTERM and SIGINT ask training to stop at the next epoch
   boundary (after a checkpoint) instead of killing it; a second signal
   stops at once. Yields the ``should_stop`` callable for
-  :func:`vae.train.fit` (``Hooks.should_stop``)."""
+  :func:`vae.train.loop.fit` (``Hooks.should_stop``)."""
   received: list[str] = []
 
   def handler(signum, frame):

@@ -187,6 +187,11 @@ def validate(config: ml_collections.ConfigDict,
   if config.bernoulli_form != "logits" and config.likelihood != "bernoulli":
     _fail("bernoulli_form", config.bernoulli_form,
           f"'logits' unless likelihood='bernoulli' (it is {config.likelihood!r})")
+  if config.numerics == "portable" and config.architecture != "mlp":
+    # Convolutions are library calls whose kernels depend on the processor.
+    _fail("numerics", config.numerics,
+          f"'default' unless architecture='mlp' (it is "
+          f"{config.architecture!r}: convolutions have no portable form)")
   if config.batch_norm and config.architecture != "mlp":
     _fail("batch_norm", config.batch_norm,
           f"False unless architecture='mlp' (it is {config.architecture!r})")

@@ -1,8 +1,9 @@
 """The numerics modes of a process, as data, and the environment an entry
 point sets for one before JAX starts.
 
-A mode is a set of XLA flags (and, for ``portable``, the size of XLA's CPU
-thread pool) that decide the bits of every result. XLA reads them when it
+A mode is a set of XLA flags that decide the bits of every result (with,
+for ``portable``, the model's products written in the one layout XLA emits
+itself). XLA reads them when it
 starts its CPU backend (the first computation or device query), so only an
 entry point can set them: a script calls :func:`configure` first thing;
 library functions call :func:`check`, which reads the environment and
@@ -20,15 +21,19 @@ Modes (``config.numerics``):
   matrix products still use the machine's fastest kernels (YNNPACK's,
   chosen at run time for the processor: results can differ in the last bits
   between an AVX2 and an AVX-512 machine).
-* ``"portable"``: also turns YNNPACK and XNNPACK off, so matrix products
-  are XLA's own code under the same AVX cap, the same instructions on any
-  x86-64 machine with AVX, and pins XLA's CPU thread pool to
-  :data:`PORTABLE_CPU_THREADS` threads (``NPROC``), since products are split
-  into blocks by the pool's threads: the same bits on any number of cores.
-  The aim: bitwise-identical runs on AVX2 and AVX-512 machines (see the
-  README's reproducibility section for what was measured); slower
-  (``scripts/bench.py --numerics portable``), and on a machine with more
-  cores it uses only that many threads.
+* ``"portable"``: also turns YNNPACK and XNNPACK off and has XLA emit
+  every matrix product itself (its tiled LLVM IR GEMM, under the same AVX
+  cap) instead of calling Eigen's oneDNN kernels, which pick their code
+  and their blocking (hence the order of the sums) from the processor's
+  instruction sets and cache sizes. XLA's emitter takes only products of
+  one canonical layout, so the model writes its products in that form in
+  this mode (:func:`vae.model.dense.portable_matmul`; ``build_model`` reads
+  ``config.numerics``). The summation order is then fixed by the program:
+  the same bits on AVX2 and AVX-512 processors whatever their caches, and
+  on any number of cores or threads (the README's reproducibility section
+  says what was measured where). MLP architectures only: convolutions are
+  library calls in either mode (refused by :func:`vae.config.validate`).
+  Slower (``scripts/bench.py --numerics portable``).
 
 In either mode ``NPROC=n`` in the environment sets the pool's size by hand
 (``provenance.json`` records it as ``xla_cpu_threads``).
@@ -46,17 +51,18 @@ from vae.errors import ConfigError
 # the ISA names differ, so the AVX cap is left out there.
 _AVX_CAP = ("--xla_cpu_max_isa=AVX",)
 _NO_RUNTIME_KERNELS = ("--xla_cpu_experimental_ynn_fusion_type=",
-                       "--xla_cpu_use_xnnpack=false")
+                       "--xla_cpu_use_xnnpack=false",
+                       # Products as XLA's own tiled LLVM IR (its emitter
+                       # takes them only when Eigen is single-threaded),
+                       # not Eigen's oneDNN kernels, which dispatch on the
+                       # processor's ISA and cache sizes.
+                       "--xla_cpu_multi_thread_eigen=false",
+                       "--xla_backend_extra_options="
+                       "xla_force_enable_experimental_llvm_ir_gemm")
 FLAGS: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "default": (_AVX_CAP, ()),
     "portable": (_AVX_CAP + _NO_RUNTIME_KERNELS, _NO_RUNTIME_KERNELS),
 }
-# XLA's CPU thread pool of each mode (None: the usable cores, or NPROC).
-# Portable: the size the references in docs/reference/ were produced with
-# (2 usable cores, before it was pinned).
-PORTABLE_CPU_THREADS = 2
-CPU_THREADS: Mapping[str, int | None] = {"default": None,
-                                         "portable": PORTABLE_CPU_THREADS}
 MODES = tuple(FLAGS)
 _X86 = ("x86_64", "amd64", "i386", "i686")
 
@@ -94,16 +100,16 @@ def xla_cpu_threads(environ: Mapping[str, str] | None = None) -> int:
 
 def environment(mode: str, environ: Mapping[str, str] | None = None
                 ) -> dict[str, str]:
-  """The variables to set (``XLA_FLAGS``, and ``NPROC`` for a pinned pool)
-  so that a process started with ``environ`` (default: this one's) runs in
-  ``mode``: a pure function, nothing is written.
+  """The variables to set (``XLA_FLAGS``) so that a process started with
+  ``environ`` (default: this one's) runs in ``mode``: a pure function,
+  nothing is written.
 
   Returns:
     Only the variables whose value must change (empty: already in mode).
 
   Raises:
     ConfigError: an unknown mode, or ``environ`` sets one of the mode's
-      flags (or ``NPROC``) to another value.
+      flags to another value.
   """
   environ = os.environ if environ is None else environ
   wanted = xla_flags(mode)
@@ -118,18 +124,7 @@ def environment(mode: str, environ: Mapping[str, str] | None = None
           f"{names[name]}: unset it, or drop it from XLA_FLAGS")
     if name not in names:
       missing.append(flag)
-  changes = {"XLA_FLAGS": " ".join(current + missing)} if missing else {}
-  threads = CPU_THREADS[mode]
-  if threads is not None:
-    nproc = environ.get("NPROC")
-    if nproc is not None and nproc.strip() != str(threads):
-      raise ConfigError(
-          f"config.numerics={mode!r} needs NPROC={threads} (XLA's CPU thread "
-          f"pool; results depend on its size), but NPROC={nproc!r} is set: "
-          "unset it")
-    if nproc is None:
-      changes["NPROC"] = str(threads)
-  return changes
+  return {"XLA_FLAGS": " ".join(current + missing)} if missing else {}
 
 
 def _backend_started() -> bool:
@@ -138,12 +133,10 @@ def _backend_started() -> bool:
 
 
 def _missing(changes: Mapping[str, str]) -> str:
-  """The variables of ``changes`` a process lacks, e.g. ``XLA_FLAGS=--x``."""
-  if "XLA_FLAGS" in changes:
-    have = set(os.environ.get("XLA_FLAGS", "").split())
-    return "XLA_FLAGS=" + " ".join(f for f in changes["XLA_FLAGS"].split()
-                                   if f not in have)
-  return f"NPROC={changes['NPROC']}"
+  """The flags of ``changes`` a process lacks, e.g. ``XLA_FLAGS=--x``."""
+  have = set(os.environ.get("XLA_FLAGS", "").split())
+  return "XLA_FLAGS=" + " ".join(f for f in changes["XLA_FLAGS"].split()
+                                 if f not in have)
 
 
 def _not_configured(mode: str, what: str) -> ConfigError:
@@ -155,34 +148,29 @@ def _not_configured(mode: str, what: str) -> ConfigError:
 
 def configure(mode: str) -> str:
   """For entry points (scripts, a test session's set-up): set ``XLA_FLAGS``
-  and ``NPROC`` in ``os.environ`` for numerics ``mode`` (see the module
-  docstring), before JAX starts its backend; returns the resulting
-  ``XLA_FLAGS``. Library functions never call it (they :func:`check`).
+  in ``os.environ`` for numerics ``mode`` (see the module docstring),
+  before JAX starts its backend; returns the resulting ``XLA_FLAGS``.
+  Library functions never call it (they :func:`check`).
 
   Raises:
     ConfigError: an unknown mode; the environment sets one of the mode's
-      flags to another value; or the backend started without them (or with
-      another thread-pool size).
+      flags to another value; or the backend started without them.
   """
   changes = environment(mode)
   if changes and _backend_started():
-    pinned = CPU_THREADS[mode]
-    if "XLA_FLAGS" in changes or xla_cpu_threads() != pinned:
-      raise _not_configured(mode, _missing(changes))
+    raise _not_configured(mode, _missing(changes))
   os.environ.update(changes)
   return os.environ.get("XLA_FLAGS", "")
 
 
 def check(mode: str) -> None:
   """For library functions: refuse a process that is not in numerics
-  ``mode`` (a flag of the mode missing from ``XLA_FLAGS``, or another
-  thread-pool size); reads the environment, writes nothing.
+  ``mode`` (a flag of the mode missing from ``XLA_FLAGS``); reads the
+  environment, writes nothing.
 
   Raises:
     ConfigError: naming what is missing and how to set it.
   """
   changes = environment(mode)
-  pinned = CPU_THREADS[mode]
-  if "XLA_FLAGS" in changes or (pinned is not None
-                                and xla_cpu_threads() != pinned):
+  if changes:
     raise _not_configured(mode, _missing(changes))

@@ -25,7 +25,7 @@ draws::
   an evaluation, root = key(--seed) (scripts/evaluate.py)
     iwae   fold_in(root, IWAE_STREAM=0)    example i: fold_in(iwae, i); draw
                                            block b: fold_in(that, b)
-                                           (vae.bounds.standard_normals)
+                                           (vae.model.bounds.standard_normals)
     mi     fold_in(root, MI_STREAM=1)      mutual-information draws
 
   a set of figures, root = key(--seed) (scripts/plot.py)

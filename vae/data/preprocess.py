@@ -36,7 +36,7 @@ def load_dataset(config) -> data.Dataset:
   ``manual_dir``; "" means unset), kept for the process (read-only arrays).
 
   Raises:
-    data.DataError: see :func:`vae.data.load_dataset`.
+    data.DataError: see :func:`vae.data.datasets.load_dataset`.
   """
   return _cached(config.dataset, config.data_dir or None,
                  config.manual_dir or None)

@@ -2,8 +2,8 @@
 
 ``encode``, ``decode`` and ``reconstruct(key=None)`` are deterministic and take
 no key; the only random draw is in :func:`sample`, which cannot run without
-one. ``params`` is the plain pytree from :func:`vae.models.init_params`;
-``model`` is the static :class:`vae.models.VAE` description.
+one. ``params`` is the plain pytree from :func:`vae.model.networks.init_params`;
+``model`` is the static :class:`vae.model.networks.VAE` description.
 
 Reductions, the single convention of the whole library: log-likelihoods are
 summed over every data dimension, the KL over every latent dimension, then
@@ -79,7 +79,7 @@ def decode(params, z: jax.Array, *, model: VAE) -> likelihoods.NaturalParams:
 
   Bernoulli and continuous Bernoulli: logits ``[..., H, W, C]``; Gaussian:
   ``GaussianParams(mean, log_scale)``. Never probabilities: see
-  :func:`reconstruct` or :func:`vae.likelihoods.likelihood_mean` for those.
+  :func:`reconstruct` or :func:`vae.model.likelihoods.likelihood_mean` for those.
   """
   return model.apply(variables(params), z, method=VAE.decode)
 

@@ -48,6 +48,17 @@ def rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @member_by_member
+def transposed_rows_product(a: jax.Array, b: jax.Array) -> jax.Array:
+  """:func:`rows_product` with ``a`` transposed first (``a^T`` materialised,
+  then a product contracted over its last axis): the portable numerics
+  mode's form. XLA's CPU backend emits a product of that canonical layout
+  itself (``vae.numerics``: LLVM IR tiles, capped at AVX), so its summation
+  order is fixed by the program; contracted over the rows directly, it is
+  a library call whose kernels and blocking depend on the processor."""
+  return jnp.transpose(a) @ b
+
+
+@member_by_member
 def ones_product(ones: jax.Array, b: jax.Array) -> jax.Array:
   """``ones [1, n] @ b [n, q]`` -> ``[1, q]``: the bias gradient (a sum over
   rows as a product). Vmapped, a loop of this product."""
@@ -74,6 +85,29 @@ def _matmul_bwd(residuals, dy):
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def portable_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """:func:`matmul` in the portable numerics mode's form: every product of
+  the forward and backward pass is ``a @ b`` with both operands row-major
+  and contracted over ``a``'s last and ``b``'s first axis (transposes
+  materialised: ``dy @ kernel^T`` and :func:`transposed_rows_product`), the
+  one layout XLA's CPU backend emits as its own tiled code. Contracted over
+  other axes, XLA hands a product to a library whose kernels and blocking
+  depend on the processor."""
+  return x @ kernel
+
+
+def _portable_matmul_bwd(residuals, dy):
+  x, kernel = residuals
+  dx = dy @ jnp.transpose(kernel)  # kernel^T materialised: a canonical product
+  dkernel = transposed_rows_product(x.reshape(-1, x.shape[-1]),
+                                    dy.reshape(-1, dy.shape[-1]))
+  return dx, dkernel
+
+
+portable_matmul.defvjp(_matmul_fwd, _portable_matmul_bwd)
 
 
 @jax.custom_vjp
@@ -108,14 +142,18 @@ bias_add.defvjp(_bias_add_fwd, _bias_add_bwd)
 class Dense(nn.Module):
   """``x @ kernel + bias`` (flax's parameter names and initialisers), with
   the member-count-independent gradients of :func:`matmul` and
-  :func:`bias_add`."""
+  :func:`bias_add`; with ``portable_products``, those of
+  :func:`portable_matmul` (the same parameters and the same values up to
+  rounding, in the products' portable form)."""
 
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
+  portable_products: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
-    return bias_add(matmul(x, kernel), bias)
+    product = portable_matmul if self.portable_products else matmul
+    return bias_add(product(x, kernel), bias)

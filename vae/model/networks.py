@@ -24,11 +24,11 @@ from vae.model.dense import Dense
 
 
 def hidden_layer(h: jax.Array, width: int, activation: str, batch_norm: bool,
-                 train: bool) -> jax.Array:
+                 train: bool, portable_products: bool = False) -> jax.Array:
   """Dense -> (BatchNorm) -> activation. BatchNorm normalises with the batch's
   statistics and updates its running averages when ``train``; otherwise it
   uses the running averages (the ``batch_stats`` collection)."""
-  h = Dense(width)(h)
+  h = Dense(width, portable_products=portable_products)(h)
   if batch_norm:
     h = nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
   return activation_fn(activation)(h)
@@ -52,14 +52,18 @@ class MLPEncoder(nn.Module):
   latent_dim: int
   activation: str = "relu"
   batch_norm: bool = False
+  portable_products: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False
                ) -> tuple[jax.Array, jax.Array]:
     h = x.reshape(x.shape[:-3] + (-1,))
     for width in self.hidden_sizes:
-      h = hidden_layer(h, width, self.activation, self.batch_norm, train)
-    mean, logvar = jnp.split(Dense(2 * self.latent_dim, name="head")(h), 2, -1)
+      h = hidden_layer(h, width, self.activation, self.batch_norm, train,
+                       self.portable_products)
+    mean, logvar = jnp.split(Dense(
+        2 * self.latent_dim, name="head",
+        portable_products=self.portable_products)(h), 2, -1)
     return mean, logvar
 
 
@@ -72,16 +76,17 @@ class MLPDecoder(nn.Module):
   activation: str = "relu"
   batch_norm: bool = False
   output_activation: str = "none"
+  portable_products: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     hidden = z
     for width in self.hidden_sizes:
       hidden = hidden_layer(hidden, width, self.activation, self.batch_norm,
-                            train)
+                            train, self.portable_products)
     height, width, channels = self.data_shape
     out = Dense(height * width * channels * self.out_per_pixel,
-                name="head")(hidden)
+                name="head", portable_products=self.portable_products)(hidden)
     if self.output_activation != "none":
       out = activation_fn(self.output_activation)(out)
     return out.reshape(z.shape[:-1] +
@@ -145,7 +150,7 @@ class VAE(nn.Module):
 
   A static description (hashable, so it can be a ``jit`` static argument);
   the parameters live outside, in the pytree ``init`` returns. Use it through
-  :func:`vae.core.encode` / :func:`vae.core.decode`, which take ``params``.
+  :func:`vae.model.core.encode` / :func:`vae.model.core.decode`, which take ``params``.
 
   Attributes:
     encoder: module mapping ``[..., H, W, C]`` to ``(mean, logvar)``.
@@ -192,15 +197,18 @@ def out_per_pixel(likelihood: str, learn_scale: bool) -> int:
 def build_model(config) -> VAE:
   """The VAE a config describes (fields: architecture, hidden_sizes,
   conv_features, activation, batch_norm, decoder_output_activation,
-  latent_dim, likelihood, gaussian_sigma, learn_scale, data_shape)."""
+  latent_dim, likelihood, gaussian_sigma, learn_scale, data_shape, and
+  numerics: "portable" writes the MLP's products in their portable form)."""
   data_shape = tuple(config.data_shape)
   k = out_per_pixel(config.likelihood, config.learn_scale)
   if config.architecture == "mlp":
     hidden = tuple(config.hidden_sizes)
+    portable = config.numerics == "portable"
     encoder = MLPEncoder(hidden, config.latent_dim, config.activation,
-                         config.batch_norm)
+                         config.batch_norm, portable)
     decoder = MLPDecoder(hidden[::-1], data_shape, k, config.activation,
-                         config.batch_norm, config.decoder_output_activation)
+                         config.batch_norm, config.decoder_output_activation,
+                         portable)
   elif config.architecture == "conv":
     feats = tuple(config.conv_features)
     encoder = ConvEncoder(feats, config.latent_dim, config.activation)
@@ -217,7 +225,7 @@ def init_params(model: VAE, key: jax.Array, data_shape: Sequence[int]):
 
   For a model with batch normalisation this is ``{"params": ...,
   "batch_stats": ...}`` (the two collections); the functions of
-  :mod:`vae.core` accept either form.
+  :mod:`vae.model.core` accept either form.
   """
   dummy = jnp.zeros((2,) + tuple(data_shape), jnp.float32)
   variables = model.init(key, dummy)

@@ -77,7 +77,7 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
   """Config, model and parameters of a run directory.
 
   Args:
-    workdir: a directory written by :func:`vae.train.fit`.
+    workdir: a directory written by :func:`vae.train.loop.fit`.
     which: ``"best"`` (highest test ELBO among kept checkpoints), ``"latest"``,
       or an epoch number.
 

@@ -6,7 +6,7 @@ A run directory (``workdir``) holds::
   provenance.json  versions, platform, devices and git commit of the code
                    (vae.store.provenance)
   metrics.jsonl    one JSON object per epoch (timings in fields ending in _s)
-  checkpoints/     orbax checkpoints (see vae.checkpoint)
+  checkpoints/     orbax checkpoints (see vae.store.checkpoint)
   diverged.json    written when the run's loss became non-finite
   .lock            held (flock) by the process training in it
   eval.json        scripts/evaluate.py (eval_<stem>.json for --data <stem>)

@@ -60,8 +60,8 @@ def plot_sweep(sweep_dir, seed: int = 0, which: str | int = "best", *,
   Members are the subdirectories holding ``config.json``; those with
   ``objective == "autoencoder"`` are baselines, the others VAEs (members
   without a checkpoint yet are skipped, with a note). Writes the sweep's
-  one ``rate_distortion.png`` (:func:`vae.report.rate_distortion_figure`,
-  from ``rows`` if given, else :func:`vae.report.sweep_rows`: the test
+  one ``rate_distortion.png`` (:func:`vae.sweep.figures.rate_distortion_figure`,
+  from ``rows`` if given, else :func:`vae.sweep.report.sweep_rows`: the test
   metrics training logged at each member's final epoch, the figure
   ``scripts/sweep.py`` writes) and, into ``sweep_dir/figures/``,
   ``sweep_reconstructions.png`` (one row per beta:

@@ -1,4 +1,4 @@
-"""Sweeps on a cluster: the shards of :mod:`vae.shards` submitted as one job
+"""Sweeps on a cluster: the shards of :mod:`vae.sweep.shards` submitted as one job
 array through submitit (SLURM, or its ``local`` executor, which runs the
 same submission path as subprocesses on this machine), retried when they
 fail, then one merged report.

@@ -1,14 +1,14 @@
 """Sweeps as compiled programs: a grid of runs trained together.
 
 A sweep config is an ordinary run config plus a ``sweep`` field naming the
-axes (:mod:`vae.grouping`). Members that differ only in traced settings
-(seed, beta, free bits, KL schedule: :data:`vae.objectives.TRACED_FIELDS`)
+axes (:mod:`vae.sweep.grouping`). Members that differ only in traced settings
+(seed, beta, free bits, KL schedule: :data:`vae.train.objectives.TRACED_FIELDS`)
 form one *group*: their parameters and optimizer states are stacked on a
 leading axis and the whole group trains as one compiled, vmapped program
-(:func:`vae.train.fit_members`), its member axis sharded over every device.
+(:func:`vae.train.loop.fit_members`), its member axis sharded over every device.
 Axes that change shapes or static settings (latent size, widths, likelihood,
 learning rate...) give one group per distinct setting, run one after
-another; results merge into one table (:mod:`vae.report`).
+another; results merge into one table (:mod:`vae.sweep.report`).
 
 Each member is a first-class run in ``<sweep_dir>/<member-name>/``.
 """
@@ -45,11 +45,11 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
     config: a sweep config.
     workdir: the sweep directory; member ``name`` lives in ``workdir/name``.
     devices: devices to shard the member axis over (default: all).
-    shard: train only this shard's blocks (:func:`vae.shards.plan`); the
+    shard: train only this shard's blocks (:func:`vae.sweep.shards.plan`); the
       rows are then this shard's members only.
 
   Returns:
-    One row per member (:func:`vae.report.sweep_rows`, read back from the
+    One row per member (:func:`vae.sweep.report.sweep_rows`, read back from the
     member directories): name, the swept fields, final test metrics,
     rate/distortion, status, seconds, best epoch.
   """

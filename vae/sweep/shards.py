@@ -1,7 +1,7 @@
 """Shards of a sweep: deterministic, disjoint slices of its members, each
 trained by an ordinary single-process run (``scripts/sweep.py --shard I/N``).
 
-The unit of work is a *block*: a shape group (:func:`vae.grouping.groups`),
+The unit of work is a *block*: a shape group (:func:`vae.sweep.grouping.groups`),
 or, when there are fewer groups than shards, an equal split of the largest
 groups, so that every shard can get work. Blocks go to shards by the
 longest-processing-time rule on an estimated cost (steps per epoch x epochs

@@ -2,7 +2,7 @@
 floor, and the importance-weighted bound against its own.
 
 :func:`epoch_benchmark` times whole compiled epochs of
-:func:`vae.step.train_epoch` and, in the same process, the *floor*: every
+:func:`vae.train.step.train_epoch` and, in the same process, the *floor*: every
 ``dot_general`` of one train step (read off the step's jaxpr, so forward and
 backward products are exactly the ones training runs), each timed alone at its
 own shapes as a compiled scan over one epoch's worth of distinct inputs,
@@ -33,7 +33,7 @@ from vae import config as config_lib
 from vae.model import core, networks as models
 from vae.train import devices as devices_lib
 from vae.data import preprocess
-from vae import numerics
+from vae import numerics as numerics_lib
 from vae.train import step, program as trainer_lib
 from vae.store import restore
 from vae.evals.evaluator import (DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE,
@@ -46,11 +46,13 @@ from vae.model.networks import VAE
 
 
 def bench_config(hidden=(400,), latent_dim=20, batch_size=128,
-                 activation="relu", binarize=None):
+                 activation="relu", binarize=None, numerics="default"):
   """The benchmark model: a Bernoulli MLP VAE, Adam, constant learning rate
   (``--hidden 200,200 --latent_dim 50 --batch_size 20 --activation tanh
-  --binarize dynamic``: the IWAE paper's model and batch)."""
+  --binarize dynamic``: the IWAE paper's model and batch), in numerics mode
+  ``numerics`` (the process's flags must be that mode's)."""
   config = config_lib.default_config()
+  config.numerics = numerics
   config.hidden_sizes = tuple(hidden)
   config.latent_dim = latent_dim
   config.batch_size = batch_size
@@ -272,7 +274,7 @@ def epoch_benchmark(config=None, num_examples: int = 10_000, epochs: int = 7
       "hardware_floor_s": hardware_floor_s,
       "epoch_over_hardware": median / hardware_floor_s,
       "floor_products": products,
-      "xla_cpu_threads": numerics.xla_cpu_threads(),
+      "xla_cpu_threads": numerics_lib.xla_cpu_threads(),
       "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()],
       "jax": jax.__version__,
@@ -381,7 +383,7 @@ def step_profile(config=None, num_examples: int = 10_000, epochs: int = 3,
       "model": model_name(config),
       "batch_size": config.batch_size,
       "steps_profiled": steps,
-      "xla_cpu_threads": numerics.xla_cpu_threads(),
+      "xla_cpu_threads": numerics_lib.xla_cpu_threads(),
       "profiled_wall_us_per_step": wall / steps * 1e6,
       "ops_us_per_step": sum(by_kind.values()),
       "by_kind": dict(by_kind.most_common()),
@@ -474,7 +476,7 @@ def iwae_benchmark(workdir: str | Path | None = None, *, k: int = DEFAULT_K,
   Args:
     workdir: a run to benchmark (its best checkpoint and test images, repeated
       if fewer than ``num_examples``); None: a freshly initialised 784-400-20
-      Bernoulli MLP (vae.bench.bench_config) on mnist_5k's 1,000 test images
+      Bernoulli MLP (vae.train.bench.bench_config) on mnist_5k's 1,000 test images
       (timing does not depend on the parameter values).
     k, num_examples, batch_size, chunk_size, seed: as in :func:`evaluate_run`.
     log: called with progress messages.

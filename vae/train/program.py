@@ -36,7 +36,7 @@ class Trainer(NamedTuple):
     model, optimizer: shared static descriptions.
     init: seeds ``[M]`` -> stacked TrainState.
     train_epoch: (state, images, epoch, train_keys [M], settings [M]) ->
-      (state, per-example terms [M, ...]) (see :func:`vae.step.train_epoch`).
+      (state, per-example terms [M, ...]) (see :func:`vae.train.step.train_epoch`).
     evaluation_terms: (params, images, eval_keys [M]) ->
       (log_likelihood [M, N], kl_per_dim [M, N, latent_dim])
       (:func:`vae.evals.evaluator.member_elbo_terms`).
@@ -53,9 +53,9 @@ def make_trainer(config: ml_collections.ConfigDict, num_train: int,
                  devices=None) -> Trainer:
   """Model, optimizer and jitted, member-vmapped init / epoch / evaluation.
 
-  With ``devices`` (more than one; see :func:`vae.devices.member_devices`),
+  With ``devices`` (more than one; see :func:`vae.train.devices.member_devices`),
   each function runs on every device's block of members
-  (:class:`vae.devices.PerDevice`).
+  (:class:`vae.train.devices.PerDevice`).
   """
   model = build_model(config)
   steps_per_epoch = num_train // config.batch_size
@@ -85,7 +85,7 @@ def members_batch_safely(config: ml_collections.ConfigDict) -> bool:
   (vmapped) program and still gives each member its standalone bits.
 
   True for MLPs without batch norm: their parameter-gradient products are
-  member-count independent (:func:`vae.models.rows_product`). Convolutions
+  member-count independent (:func:`vae.model.dense.rows_product`). Convolutions
   (vmapped, XLA folds members into feature groups) and batch statistics
   (batch reductions emitted per member count) are not, so those groups run
   their members one after another, each through the standalone program
@@ -110,7 +110,7 @@ def start_group(configs: list[ml_collections.ConfigDict], num_train: int,
   """The trainer, initial state, keys and traced settings of members that
   differ only in traced fields, padded with copies of the last member to a
   multiple of the devices they are sharded over (see
-  :func:`vae.devices.member_devices`)."""
+  :func:`vae.train.devices.member_devices`)."""
   devices = devices_lib.member_devices(len(configs), devices)
   num_devices = 1 if devices is None else len(devices)
   padded = configs + [configs[-1]] * (-len(configs) % num_devices)

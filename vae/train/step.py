@@ -39,7 +39,7 @@ def train_step(state: TrainState, x: jax.Array, key: jax.Array,
 
   Returns:
     The new state, the batch's per-example terms (see
-    :func:`vae.objectives.loss_fn`) and whether the loss and every gradient
+    :func:`vae.train.objectives.loss_fn`) and whether the loss and every gradient
     were finite (with ``config.on_nan="skip"`` the optimizer then skipped
     the update).
   """
@@ -70,7 +70,7 @@ def train_epoch(state: TrainState, images: jax.Array, epoch, train_key: jax.Arra
 
   Returns:
     The new state and the epoch's per-example terms, for
-    :func:`vae.objectives.epoch_metrics`: ``log_likelihood`` ``[steps, B]``,
+    :func:`vae.train.objectives.epoch_metrics`: ``log_likelihood`` ``[steps, B]``,
     ``kl_per_dim`` ``[steps, B, latent_dim]``, ``kl_weight`` ``[steps]``,
     ``finite`` ``[steps]`` and, for k-sample objectives, ``bound``
     ``[steps, B]``. Metrics are reduced from these on the host, in

@@ -34,7 +34,7 @@ def plot_run(workdir, seed: int = 0, which: str | int = "best", *,
   ``baseline`` run is drawn beside it.
 
   Args:
-    workdir: a run directory written by :func:`vae.train.fit`.
+    workdir: a run directory written by :func:`vae.train.loop.fit`.
     seed: root of every draw: ``jax.random.key(seed)``, folded with
       PICK_STREAM (test images shown), RECON_STREAM, PRIOR_STREAM and
       SCATTER_STREAM. Same run, same seed: byte-identical files.

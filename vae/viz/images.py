@@ -1,5 +1,5 @@
 """The arrays a picture shows: tiles, likelihood means, latent grids, 2-D
-projections. No matplotlib here (:mod:`vae.plots` draws these arrays), so
+projections. No matplotlib here (:mod:`vae.viz.plots` draws these arrays), so
 they are usable and testable without it.
 
 Every image is a likelihood mean E[x | z] (for Bernoulli: pixel

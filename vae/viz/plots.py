@@ -4,8 +4,8 @@ Every figure function takes arrays or parameters, an explicit PRNG key where
 it draws anything, and the output ``path``; it writes one PNG of a fixed pixel
 size (stated in its docstring) and returns a :class:`Drawn`: the path and the
 arrays it drew, so what a picture shows can be checked by value. The arrays
-come from :mod:`vae.images`; which figures a run or a sweep gets, and from
-which checkpoint, is :mod:`vae.figures`'s job.
+come from :mod:`vae.viz.images`; which figures a run or a sweep gets, and from
+which checkpoint, is :mod:`vae.viz.figures`'s job.
 
 Every image shows likelihood means E[x | z] (for Bernoulli: pixel
 probabilities), never logits; values are clipped to [0, 1] for display only
@@ -73,7 +73,7 @@ def _style():
     import matplotlib
     import matplotlib.style
   except ImportError:
-    raise ImportError("vae.plots draws with matplotlib, which is not "
+    raise ImportError("vae.viz.plots draws with matplotlib, which is not "
                       "installed: pip install 'vae[plots]' (or matplotlib)"
                       ) from None
   with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
@@ -513,7 +513,7 @@ def training_curves(records: Sequence[dict[str, Any]], path) -> Drawn:
   """Train and test loss, reconstruction and KL per epoch: 1350 x 450 px.
 
   Args:
-    records: ``metrics.jsonl`` records (:func:`vae.runs.read_metrics`); a
+    records: ``metrics.jsonl`` records (:func:`vae.store.runs.read_metrics`); a
       panel is drawn for each of loss / recon / kl that the records hold.
 
   Returns:

@@ -221,7 +221,7 @@ def export_run(workdir, *, seed: int = 0, which: str | int = "best",
 
   Every record of ``metrics.jsonl`` as scalars at its epoch, and the
   reconstruction image of checkpoint ``which`` at its epoch (test images and
-  key as :func:`vae.figures.plot_run` draws them for ``seed``). Event files of
+  key as :func:`vae.viz.figures.plot_run` draws them for ``seed``). Event files of
   an earlier export (names ending in ``.export``) are replaced; files a
   training-time logger wrote are left alone.
 
