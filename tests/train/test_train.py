@@ -13,7 +13,7 @@ from vae.store import restore, runs
 from vae.train import loop as train
 from vae import config as config_lib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_config(**overrides):

@@ -20,7 +20,7 @@ import pytest
 
 from vae.store.checkpoint import CheckpointError, Checkpoints, CheckpointWarning
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- helpers -------------------------------------------------------------------

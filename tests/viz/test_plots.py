@@ -25,7 +25,7 @@ from vae.train import loop as train
 from vae.store import restore, runs
 from vae.viz import images as images_lib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_VARIANCE = 50.0  # grey-level variance (0..255): a blank figure has ~0
 

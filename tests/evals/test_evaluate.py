@@ -32,8 +32,8 @@ from vae.data import datasets as data
 from vae.model import core, diagnostics, likelihoods, networks as models
 from vae.model.networks import VAE
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_MNIST_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"
+REPO = Path(__file__).resolve().parents[2]
+REAL_MNIST_DIR = Path(__file__).parents[2] / ".." / "shared" / "data" / "mnist"
 REAL_MNIST_IMAGES = REAL_MNIST_DIR / "t10k-images-idx3-ubyte.gz"
 
 

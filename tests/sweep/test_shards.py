@@ -21,7 +21,7 @@ from vae.errors import ConfigError
 
 pytestmark = pytest.mark.fault
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
 OVERRIDES = {"hidden_sizes": (32,), "latent_dim": 2, "batch_size": 200,
              "num_epochs": 3}

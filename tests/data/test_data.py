@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from vae import config as config_lib
 from vae.data import datasets as data
 
-REAL_MNIST_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"
+REAL_MNIST_DIR = Path(__file__).parents[2] / ".." / "shared" / "data" / "mnist"
 
 # mnist 3.0.1 prepared by TFDS 4.9.10 (with TensorFlow 2.21) in the array_record
 # format from 3 train + 2 test synthetic IDX digits: image k (k = 0..4, the
@@ -23,7 +23,7 @@ REAL_MNIST_DIR = Path(__file__).parents[1] / ".." / "shared" / "data" / "mnist"
 # tfds.builder('mnist', file_format='array_record').download_and_prepare() with
 # a manual_dir, TFDS's checksum validation disabled and mnist._TRAIN_EXAMPLES,
 # mnist._TEST_EXAMPLES set to 3, 2.
-PREPARED_MNIST = Path(__file__).parent / "fixtures" / "tfds_mnist_tiny.tar.gz"
+PREPARED_MNIST = Path(__file__).parents[1] / "fixtures" / "tfds_mnist_tiny.tar.gz"
 IDX_FILES = (
   "train-images-idx3-ubyte.gz",
   "train-labels-idx1-ubyte.gz",

@@ -23,7 +23,7 @@ from vae.train import state as state_lib
 from vae.train import program as trainer_lib
 from vae.train import devices as devices_lib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(**overrides):
