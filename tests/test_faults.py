@@ -78,7 +78,9 @@ def _wait_for_epochs(workdir, count, proc, timeout=120):
     time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGINT takes the same path as SIGTERM (one handler): in the slow suite.
+@pytest.mark.parametrize("sig", [
+    signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_stops_at_epoch_boundary_with_checkpoint_and_resumes_bitwise(
     tmp_path, uninterrupted, sig):
   rng = random.Random(sig)  # fixed seed for the moment of the signal
@@ -98,7 +100,8 @@ def test_signal_stops_at_epoch_boundary_with_checkpoint_and_resumes_bitwise(
   _assert_same_run(workdir, uninterrupted)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# A second random moment: in the slow suite (scripts/soak.py tries 50).
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, uninterrupted, seed):
   rng = random.Random(seed)
   workdir = tmp_path / "run"
@@ -112,8 +115,17 @@ def test_sigkill_at_a_random_moment_then_resume_is_bitwise(tmp_path, uninterrupt
   _assert_same_run(workdir, uninterrupted)
 
 
+@pytest.fixture(scope="module")
+def five_epochs(tmp_path_factory):
+  """The reference of the corruption tests: 5 tiny epochs, undisturbed."""
+  workdir = tmp_path_factory.mktemp("five") / "run"
+  train.fit(tiny(num_epochs=5), workdir, progress=False, log=_quiet)
+  return workdir
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage,
+                                                          five_epochs):
   train.fit(tiny(num_epochs=3), tmp_path / "a", progress=False, log=_quiet)
   latest = tmp_path / "a" / "checkpoints" / "3"
   files = sorted((p for p in latest.rglob("*") if p.is_file() and p.stat().st_size > 64
@@ -132,8 +144,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage):
                       log=messages.append)
   assert summary["resumed_from"] == 2
   assert any("checkpoints/3" in m for m in messages), messages
-  train.fit(tiny(num_epochs=5), tmp_path / "b", progress=False, log=_quiet)
-  _assert_same_run(tmp_path / "a", tmp_path / "b")
+  _assert_same_run(tmp_path / "a", five_epochs)
 
 
 def test_non_finite_loss_stops_the_run_naming_epoch_and_last_good_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Tests for vae.store.checkpoint: round trips, retention, corruption, crashes."""
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -120,6 +121,22 @@ def test_round_trip_is_bitwise_and_keeps_structure(tmp_path, tx):
     epoch, got = ckpts.restore(abstract(fresh))
   assert epoch == 2
   assert_bitwise_equal(got, fresh)
+
+
+def test_the_integrity_record_is_stored_under_its_fixed_key(tmp_path):
+  # The on-disk format: Orbax's step metadata holds the record under
+  # "vae.checkpoint" (a module move once renamed the key, and no checkpoint
+  # written before it could be read). Its fields name every leaf.
+  state = make_state(0)
+  with Checkpoints(tmp_path / "c", keep_latest=1) as ckpts:
+    ckpts.save(1, state, metrics={"test_elbo": -1.0})
+  meta = json.loads((tmp_path / "c" / "1" / "_CHECKPOINT_METADATA").read_text())
+  assert list(meta["custom_metadata"]) == ["vae.checkpoint"]
+  record = meta["custom_metadata"]["vae.checkpoint"]
+  assert (record["format"], record["epoch"], record["metrics"]) == (
+      1, 1, {"test_elbo": -1.0})
+  assert "params/w" in record["leaves"] or any(
+      k.startswith("params/") for k in record["leaves"])
 
 
 def test_round_trip_dtypes_and_special_values(tmp_path):

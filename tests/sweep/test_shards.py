@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from vae.sweep import grouping, launch, report, shards
+from vae.sweep import grouping, launch, report, runner, shards
 from vae.store import restore, runs
 from vae.errors import ConfigError
 
@@ -86,10 +86,39 @@ def wait_for_first_epoch(proc, workdir: Path, names, every=any,
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
+  """The sweep trained in one process (in this one: a member's bits do not
+  depend on the process or the device split), with its report."""
   workdir = tmp_path_factory.mktemp("one") / "sweep"
-  subprocess.run(SWEEP + ["--workdir", str(workdir)], env=ENV, check=True,
-                 capture_output=True)
+  rows = runner.run_sweep(small_sweep(), workdir, progress=False,
+                          log=lambda s: None)
+  runner.write_report(rows, workdir)
   return workdir
+
+
+def test_shards_trained_one_after_another_equal_one_process(tmp_path,
+                                                            one_process):
+  # The shards of a plan, each an ordinary run of its blocks (here in this
+  # process; the tests below start them as processes and through
+  # submitit): together bitwise the one-process sweep, and so is the
+  # merged report.
+  workdir = tmp_path / "sweep"
+  config = small_sweep()
+  trained = []
+  for index in range(2):
+    rows = runner.run_sweep(config, workdir, progress=False,
+                            log=lambda s: None, shard=shards.Shard(index, 2))
+    trained += [r["member"] for r in rows]
+    assert [r["member"] for r in rows] == shard_members(index)
+    if index == 0:  # the other shard's members are not there yet
+      status = {r["member"]: r["status"]
+                for r in report.sweep_rows(workdir, config)}
+      assert {status[n] for n in shard_members(1)} == {"missing"}
+      assert {status[n] for n in shard_members(0)} == {"finished"}
+  assert sorted(trained) == sorted(m.name for m in runs.member_dirs(
+      one_process))
+  runner.write_report(report.sweep_rows(workdir), workdir)
+  assert_same_sweep(workdir, one_process)
+  assert report_rows(workdir) == report_rows(one_process)
 
 
 def test_plan_is_deterministic_disjoint_and_complete():
@@ -122,6 +151,9 @@ def test_shard_from_flag_and_scheduler_environment():
     shards.shard_from_environment({"JOB_COMPLETION_INDEX": "0"})
 
 
+# The multi-process shard checks start several JAX processes each (minutes
+# on 2 cores): in the slow suite, which CI runs too.
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [2, 3])
 def test_concurrent_shards_through_submitit_equal_one_process(
     tmp_path, one_process, count):
@@ -136,6 +168,7 @@ def test_concurrent_shards_through_submitit_equal_one_process(
   assert report_rows(workdir) == report_rows(one_process)
 
 
+@pytest.mark.slow
 def test_a_shard_killed_mid_run_then_rerun_alone_ends_bitwise(
     tmp_path, one_process):
   workdir = tmp_path / "sweep"
@@ -160,6 +193,7 @@ def test_a_shard_killed_mid_run_then_rerun_alone_ends_bitwise(
   assert report_rows(workdir) == report_rows(one_process)
 
 
+@pytest.mark.slow
 def test_report_names_missing_members_and_sigterm_to_a_shard_exits_75(
     tmp_path):
   workdir = tmp_path / "sweep"
@@ -183,6 +217,7 @@ def test_report_names_missing_members_and_sigterm_to_a_shard_exits_75(
   assert "not finished: " in rep.stdout
 
 
+@pytest.mark.slow
 def test_launcher_retries_a_failed_shard_then_a_resubmission_finishes(
     tmp_path, one_process):
   """A shard that cannot train (another process holds one of its members'

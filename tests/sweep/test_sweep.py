@@ -156,8 +156,13 @@ def test_sweep_member_equals_standalone_run_bitwise(tmp_path):
 @pytest.mark.parametrize("arch", [
     {"hidden_sizes": (48, 24), "latent_dim": 5, "activation": "tanh",
      "binarize": "dynamic", "batch_size": 40},
-    {"architecture": "conv", "conv_features": (4, 8), "latent_dim": 3},
-    {"hidden_sizes": (32,), "batch_norm": True, "latent_dim": 2},
+    # Conv and batch-norm groups run their members one after another (each
+    # through the standalone program, by construction): minutes of
+    # compilation for groups of 1, 2 and 3, so in the slow suite.
+    pytest.param({"architecture": "conv", "conv_features": (4, 8),
+                  "latent_dim": 3}, marks=pytest.mark.slow, id="conv"),
+    pytest.param({"hidden_sizes": (32,), "batch_norm": True, "latent_dim": 2},
+                 marks=pytest.mark.slow, id="batch_norm"),
 ])
 def test_member_count_never_changes_a_members_bits(arch):
   """A member (seed 1) trained in groups of 1, 2 and 3 members: the same
@@ -189,13 +194,13 @@ def test_member_count_never_changes_a_members_bits(arch):
 
 def test_interrupted_sweep_resumes_to_the_same_result(tmp_path):
   axes = {"beta": (0.5, 2.0)}
-  sweep.run_sweep(_sweep_config(axes, num_epochs=2, checkpoint_every_epochs=1),
+  sweep.run_sweep(_sweep_config(axes, num_epochs=1, checkpoint_every_epochs=1),
                   tmp_path / "a", progress=False, log=lambda s: None)
   messages = []
-  sweep.run_sweep(_sweep_config(axes, num_epochs=4, checkpoint_every_epochs=1),
+  sweep.run_sweep(_sweep_config(axes, num_epochs=3, checkpoint_every_epochs=1),
                   tmp_path / "a", progress=False, log=messages.append)
-  assert any("resuming from the checkpoint of epoch 2" in m for m in messages)
-  sweep.run_sweep(_sweep_config(axes, num_epochs=4, checkpoint_every_epochs=1),
+  assert any("resuming from the checkpoint of epoch 1" in m for m in messages)
+  sweep.run_sweep(_sweep_config(axes, num_epochs=3, checkpoint_every_epochs=1),
                   tmp_path / "b", progress=False, log=lambda s: None)
   for name in ("beta0.5", "beta2"):
     for x, y in zip(_params(tmp_path / "a" / name), _params(tmp_path / "b" / name)):
@@ -275,6 +280,7 @@ def test_sweep_table_carries_evaluation_when_asked(tmp_path):
   assert "nll" in report.sweep_table(rows) and "collapse" in report.sweep_table(rows)
 
 
+@pytest.mark.slow
 def test_bench_sweep_shards_members_over_the_cpu_cores():
   out = subprocess.run(
       [sys.executable, str(REPO / "scripts" / "bench.py"), "--sweep", "4",
@@ -303,9 +309,13 @@ def _script(name, *args, env=None):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2,
                     reason="two CPU devices need two cores (one device per core)")
+@pytest.mark.slow
 def test_readme_member_vs_standalone_on_two_devices(tmp_path):
   """The README's compare command, shortened to 2 members on 2 CPU devices
-  and 5 epochs (enough for a last-bit difference to grow past 1e-4 nats)."""
+  and 5 epochs (enough for a last-bit difference to grow past 1e-4 nats).
+  Slow (three processes); the default suite checks the same in process
+  (test_sweep_member_equals_standalone_run_bitwise) and over devices
+  (test_member_axis_sharded_over_four_cpu_devices_matches_unsharded)."""
   _script("sweep.py", *README_COMPARE, "--config.num_epochs=5",
           "--config.sweep.beta=(4.0,)", "--config.sweep.seed=(0,1)",
           "--cpu_devices=2", "--workdir", str(tmp_path / "sweep"))

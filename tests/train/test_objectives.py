@@ -79,6 +79,7 @@ def iwae(k, gradient="standard"):
   return objectives.Objective("iwae", num_samples=k, iwae_gradient=gradient)
 
 
+@pytest.mark.slow
 def test_iwae_bound_approaches_the_exact_marginal_as_k_grows():
   model, params, x = linear_gaussian(posterior_inflation=1.5)
   exact = float(np.mean(exact_log_marginal(params, x)))
@@ -137,6 +138,7 @@ def _gradient_draws(gradient, k, posterior_inflation=None, num_keys=4000):
           np.asarray(flat(grads["decoder"]), np.float64))
 
 
+@pytest.mark.slow
 def test_dreg_has_the_standard_expectation_and_lower_encoder_variance():
   k = 50
   standard_enc, standard_dec = _gradient_draws("standard", k)

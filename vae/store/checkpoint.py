@@ -13,7 +13,7 @@ On-disk layout (one directory per kept epoch; Orbax's standard step layout)::
   <directory>/                       e.g. runs/<name>/checkpoints
     <epoch>/                         committed checkpoint, plain integer name
       _CHECKPOINT_METADATA           Orbax step metadata (JSON); its
-                                     custom_metadata["vae.store.checkpoint"] is our
+                                     custom_metadata["vae.checkpoint"] is our
                                      integrity record: format version, epoch,
                                      metrics, and for every leaf its path
                                      ("params/Dense_0/kernel"), shape, dtype
@@ -86,7 +86,7 @@ __all__ = ["CheckpointError", "CheckpointWarning", "Checkpoints",
 
 log = logging.getLogger(__name__)
 
-_RECORD_KEY = "vae.store.checkpoint"
+_RECORD_KEY = "vae.checkpoint"  # the format's key: never changes
 _FORMAT = 1
 _STEP_NAME = re.compile(r"^(0|[1-9]\d*)$")
 _MAX_ERROR_CHARS = 600
