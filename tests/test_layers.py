@@ -24,7 +24,7 @@ VAE_DIR = Path(__file__).resolve().parents[1] / "vae"
 
 # Tiers, lowest first; within a tier, a module may import the ones before it.
 TIERS = {
-    "A foundations": ["errors", "rng", "likelihoods", "data", "checkpoint",
+    "A foundations": ["errors", "inputs", "rng", "likelihoods", "data", "checkpoint",
                       "runs", "devices"],
     "B math": ["models", "core", "optim", "objectives", "bounds",
                "diagnostics", "images", "preprocess"],
