@@ -39,13 +39,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import core, likelihoods, rng
+from vae import core, devices, likelihoods, rng
 from vae.models import VAE
 
 SAMPLE_BLOCK = 50  # draws per key; see the module docstring
 DEFAULT_K = 5000  # Burda et al. (2015)
 DEFAULT_BATCH_SIZE = 20  # examples per compiled call
 DEFAULT_CHUNK_SIZE = 100  # draws per scan step (rounded up to SAMPLE_BLOCK)
+MAX_K = 2**31 - 1  # draws are counted in int32 inside the compiled bound
+# Bytes the bound holds per value of its decoder's output rows ([batch *
+# chunk, prod(data_shape)] float32 values, forward only). Measured by peak
+# RSS, 784-32-2 on 100 images: 1.5 times one float32 array of those rows
+# (batch 100 with chunks of 1000 and of 2000 draws).
+EVAL_BYTES_PER_DECODER_VALUE = 2 * 4
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -95,9 +101,10 @@ class IwaeTerms(NamedTuple):
 
 
 def _check_k(k) -> int:
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-    raise ValueError(f"k={k!r} is not accepted: an integer >= 1 (importance "
-                     "samples per example)")
+  if (isinstance(k, bool) or not isinstance(k, (int, np.integer))
+      or not 1 <= k <= MAX_K):
+    raise ValueError(f"k={k!r} is not accepted: an integer in [1, {MAX_K}] "
+                     "(importance samples per example)")
   return int(k)
 
 
@@ -262,6 +269,12 @@ def iwae_dataset(params, images, key: jax.Array, k: int, *, model: VAE,
   Returns:
     :class:`IwaeTerms` of NumPy arrays: ``[N]`` bounds and mean
     log-likelihoods, ``[N, L]`` posterior fields.
+
+  Raises:
+    ValueError: k, chunk_size or batch_size not accepted, or no images.
+    ConfigError: a batch's decoder rows (batch x draws per step x pixels,
+      EVAL_BYTES_PER_DECODER_VALUE bytes each) cannot fit in the memory
+      available (:func:`vae.devices.check_memory`); before compiling.
   """
   k = _check_k(k)
   chunk_layout(k, chunk_size)
@@ -274,6 +287,14 @@ def iwae_dataset(params, images, key: jax.Array, k: int, *, model: VAE,
   if n == 0:
     raise ValueError("images is empty (N = 0); accepted: N >= 1")
   batch_size = min(int(batch_size), n)
+  chunk, _ = chunk_layout(k, chunk_size)
+  values = math.prod(images.shape[1:])
+  devices.check_memory(  # refused before compiling: XLA would abort
+      batch_size * chunk * values * EVAL_BYTES_PER_DECODER_VALUE,
+      f"the k-sample bound with batch_size={batch_size} and {chunk} draws "
+      f"per step (chunk_size={chunk_size}; batch_size x draws x {values} "
+      f"values x 4 bytes x {EVAL_BYTES_PER_DECODER_VALUE // 4})",
+      "lower batch_size or chunk_size")
   starts = range(0, n, batch_size)
   if progress:
     from tqdm.auto import tqdm

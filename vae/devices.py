@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -128,6 +129,44 @@ def _pin_cpu_threads(mode: str, threads: int) -> None:
           f"vae.devices.configure_numerics({mode!r}) first thing (the "
           "scripts do), or set NPROC before starting Python")
     os.environ["NPROC"] = str(threads)
+
+
+def available_memory_bytes() -> int | None:
+  """Bytes of host memory available to a new allocation now: ``MemAvailable``
+  of ``/proc/meminfo`` (Linux), else ``os.sysconf``'s available pages times
+  the page size; None where neither is known."""
+  try:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+      if line.startswith("MemAvailable:"):
+        return int(line.split()[1]) * 1024  # the file's unit is kB
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def check_memory(needed_bytes: int, what: str, advice: str,
+                 available: int | None = None) -> None:
+  """Refuse a computation whose estimated memory exceeds what the host has
+  available, before anything is compiled (XLA would abort the process).
+
+  Args:
+    needed_bytes: the estimate.
+    what: what needs it and how it was estimated, for the message.
+    advice: what to lower.
+    available: bytes available (default: :func:`available_memory_bytes`;
+      unknown: nothing is refused).
+
+  Raises:
+    ConfigError: ``needed_bytes > available``; the message names both in GiB.
+  """
+  available = available_memory_bytes() if available is None else available
+  if available is not None and needed_bytes > available:
+    raise ConfigError(
+        f"{what} needs about {needed_bytes / 2**30:.1f} GiB, more than the "
+        f"{available / 2**30:.1f} GiB of memory available; {advice}")
 
 
 def use_cpu_cores_as_devices(count: int = 0) -> int:

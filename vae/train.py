@@ -140,6 +140,7 @@ def fit_members(configs: list[ml_collections.ConfigDict],
     raise ValueError("fit_members needs one workdir per config")
   for config in configs:
     config_lib.validate(config)
+  config_lib.check_training_memory(configs)
   devices_lib.configure_numerics(configs[0].numerics)
   if len({grouping.static_signature(c) for c in configs}) > 1:
     raise ConfigError(
