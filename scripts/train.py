@@ -13,7 +13,7 @@ import signal
 # during start-up (the imports) exits 75 at once: nothing has been written.
 signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protected-access
 
-from absl import app, flags  # pylint: disable=wrong-import-position
+from absl import flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 from vae import cli, report, runs, train
@@ -37,4 +37,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)
