@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
 
 from vae.errors import RunError
 
@@ -39,7 +39,7 @@ def _where(path: PathLike, flag: str | None) -> str:
 
 
 def _fail(error: type[Exception], path: PathLike, flag: str | None,
-          problem: str, expected: str) -> None:
+          problem: str, expected: str) -> NoReturn:
   raise error(f"{_where(path, flag)} {problem}; expected {expected}")
 
 
@@ -127,7 +127,7 @@ def json_object(value: Any, where: str, expected: str,
 
   Args:
     value: the parsed JSON.
-    where: what the message names (a path, or ``"ref.json: members.a"``).
+    where: what the message names (a path, or ``"ref.json (member 'a')"``).
     expected: what it should be.
     keys: key -> accepted type(s); other keys are allowed.
     error: the exception class raised.
