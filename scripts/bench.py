@@ -13,7 +13,7 @@ float32 product rate (2048^3, best of 7, all cores), measured in the run.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from vae.train import bench, devices
 from vae import cli, errors, numerics
@@ -64,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

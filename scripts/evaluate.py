@@ -36,13 +36,13 @@ whatever k and N (the bound runs in chunks).
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from vae.train import bench
 from vae import cli, numerics
 from vae.data import datasets as data
 from vae.evals import evaluate, evaluator
-from vae.model import diagnostics
+from vae.model import bounds, diagnostics
 from vae.store import runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run directory or a sweep "
@@ -63,7 +63,8 @@ _MIN_AU = flags.DEFINE_integer("min_active_units", diagnostics.MIN_ACTIVE_UNITS,
 _KL_FLOOR = flags.DEFINE_float("kl_floor", diagnostics.KL_FLOOR, "Flag collapse "
                                "when every latent dimension's KL is below this "
                                "(nats).")
-_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (on a "
+                              "terminal; none when stderr is a file or pipe).")
 _BENCH = flags.DEFINE_bool("bench", False, "Time k samples over "
                            "--bench_examples images against the matmul floor "
                            "and print JSON (no eval.json is written).")
@@ -72,8 +73,10 @@ _BENCH_EXAMPLES = flags.DEFINE_integer("bench_examples", 1000,
 _BENCH_REPEATS = flags.DEFINE_integer("bench_repeats", 1, "Passes timed by "
                                       "--bench (the fastest is reported).")
 
-for _flag in ("k", "batch_size", "chunk_size", "bench_examples",
-              "bench_repeats"):
+flags.register_validator("k", lambda v: 1 <= v <= bounds.MAX_K,
+                         message=f"--k must be an integer in [1, "
+                         f"{bounds.MAX_K}] (importance samples per example)")
+for _flag in ("batch_size", "chunk_size", "bench_examples", "bench_repeats"):
   flags.register_validator(_flag, lambda v: v >= 1,
                            message=f"--{_flag} must be an integer >= 1")
 flags.register_validator("min_active_units", lambda v: v >= 0,
@@ -123,7 +126,7 @@ def main(argv):
         result = evaluate.evaluate_run(
             workdir, settings, data_path=_DATA.value or None,
             checkpoint=checkpoint, seed=_SEED.value,
-            progress=_PROGRESS.value).metrics
+            progress=cli.progress_on_terminal(_PROGRESS.value)).metrics
       except cli.USER_ERRORS as e:
         if not is_sweep:
           raise
@@ -149,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -14,7 +14,7 @@ TensorBoard event files (needs tensorboardX, the optional extra).
 
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from vae import cli, numerics
 from vae.store import runs
@@ -81,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -22,16 +22,20 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from vae import cli
+from vae import cli, inputs
 from vae.store import restore, runs
 
-_N = flags.DEFINE_integer("interruptions", 50, "How many interruptions.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where the two runs go.")
+_N = flags.DEFINE_integer("interruptions", 50, "How many interruptions.",
+                          lower_bound=0)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/soak", "Where the two runs go "
+                               "(soaked/ and reference/; created if missing).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the interruption schedule.")
-_EPOCHS = flags.DEFINE_integer("epochs", 60, "Epochs of the soaked run.")
-_MAX_WAIT = flags.DEFINE_float("max_wait", 8.0, "Longest wait before a signal (s).")
+_EPOCHS = flags.DEFINE_integer("epochs", 60, "Epochs of the soaked run.",
+                               lower_bound=1)
+_MAX_WAIT = flags.DEFINE_float("max_wait", 8.0, "Longest wait before a signal "
+                               "(s; the shortest is 1 s).", lower_bound=1.0)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,8 +51,15 @@ def command(workdir: Path) -> list[str]:
 def main(argv):
   del argv
   rng = random.Random(_SEED.value)
-  root = Path(_WORKDIR.value)
-  soaked, reference = root / "soaked", root / "reference"
+  with cli.user_errors():  # bad paths: one line, before anything runs
+    root = inputs.dir_or_absent(_WORKDIR.value, "a directory for the soaked "
+                                "and reference runs (created if missing)",
+                                flag="--workdir")
+    soaked, reference = root / "soaked", root / "reference"
+    for run_dir in (soaked, reference):
+      inputs.dir_or_absent(run_dir, "a run directory (created if missing)")
+      if (run_dir / runs.CONFIG_FILE).exists():
+        runs.read_config_dict(run_dir)
   env = {**os.environ, "PYTHONPATH": str(REPO)}
   counts = {"SIGTERM": 0, "SIGKILL": 0, "finished_before_signal": 0,
             "exit_statuses": {}}
@@ -88,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

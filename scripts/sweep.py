@@ -14,7 +14,7 @@ import signal
 # during start-up (the imports) exits 75 at once: nothing has been written.
 signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protected-access
 
-from absl import app, flags  # pylint: disable=wrong-import-position
+from absl import flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 from vae import cli, numerics
@@ -42,7 +42,8 @@ _REPORT = flags.DEFINE_bool(
     "that are missing or unfinished.")
 _LAUNCH = flags.DEFINE_integer(
     "launch", 0, "If > 0: submit the sweep as this many shards through "
-    "submitit (--executor), retry failed shards, then write the report.")
+    "submitit (--executor), retry failed shards, then write the report.",
+    lower_bound=0)
 _EXECUTOR = flags.DEFINE_enum("executor", "local", ["local", "slurm"],
                               "submitit executor for --launch.")
 _RETRIES = flags.DEFINE_integer("max_retries", 2, "Re-submissions of a "
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -13,10 +13,11 @@ import signal
 # during start-up (the imports) exits 75 at once: nothing has been written.
 signal.signal(signal.SIGTERM, lambda *_: os._exit(75))  # pylint: disable=protected-access
 
-from absl import app, flags  # pylint: disable=wrong-import-position
+from absl import flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags
 
 from vae import cli, numerics
+from vae import config as config_lib
 from vae.train import loop as train
 from vae.store import runs
 
@@ -33,11 +34,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   with cli.user_errors(), cli.stop_on_signals() as should_stop:
-    numerics.configure(_CONFIG.value.numerics)  # before JAX starts
+    config = config_lib.validate(_CONFIG.value)  # a bad field: one line
+    numerics.configure(config.numerics)  # before JAX starts
     summary = train.fit(_CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value and _LOG_EVERY.value,
                         should_stop=should_stop)
     print(train.summary_table(summary, runs.read_metrics(_WORKDIR.value)))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

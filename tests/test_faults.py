@@ -458,8 +458,9 @@ def test_a_missing_config_file_is_one_line(tmp_path, script):
                        capture_output=True, text=True)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      "error: bad command-line flag: --config: [Errno 2] No such file or "
-      "directory: 'experiments/nonexistent.py'"]
+      "error: --config='experiments/nonexistent.py' does not exist; expected "
+      "an experiment config file: a Python file whose get_config() returns a "
+      "ml_collections.ConfigDict"]
 
 
 def test_a_byte_flipped_gzip_file_is_one_data_error(tmp_path):

@@ -24,6 +24,7 @@ VAE_DIR = Path(__file__).resolve().parents[1] / "vae"
 # modules in order (a module may import the ones before it).
 LAYERS: list[tuple[str, list[str] | None]] = [
     ("errors", None),
+    ("inputs", None),
     ("rng", None),
     ("numerics", None),
     ("config", None),
@@ -231,8 +232,8 @@ def test_the_top_of_the_package_is_a_few_entries():
   entries = sorted(p.name for p in VAE_DIR.iterdir()
                    if p.name != "__pycache__")
   assert entries == ["__init__.py", "cli.py", "config.py", "data",
-                     "errors.py", "evals", "model", "numerics.py", "rng.py",
-                     "store", "sweep", "train", "viz"]
+                     "errors.py", "evals", "inputs.py", "model",
+                     "numerics.py", "rng.py", "store", "sweep", "train", "viz"]
 
 
 def _sources() -> dict[str, str]:

@@ -556,9 +556,9 @@ def test_load_images_file_rejects_malformed(tmp_path, file, write, expected):
 
 def test_load_images_file_missing_path(tmp_path):
   path = tmp_path / "nope.npy"
-  with pytest.raises(data.DataError, match="No such file") as err:
+  with pytest.raises(data.DataError, match="does not exist") as err:
     data.load_images_file(path)
-  assert str(path) in str(err.value) and "Accepted: IDX files" in str(err.value)
+  assert str(path) in str(err.value) and "expected an images file: IDX files" in str(err.value)
 
 
 @pytest.mark.skipif(

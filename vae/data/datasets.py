@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from vae import inputs
 from vae.config import DATASETS
 from vae.errors import DataError
 
@@ -323,13 +324,14 @@ def _dataset(
 # External files.
 # ----------------------------------------------------------------------------
 
-_ACCEPTED_FILES: Final[str] = (
-  "Accepted: IDX files (names ending in 'ubyte' or '.idx', optionally "
+_IMAGE_FILES: Final[str] = (
+  "IDX files (names ending in 'ubyte' or '.idx', optionally "
   "followed by '.gz'), '.npy' (one image array) or '.npz' (images under key "
   "'images' or 'x', or its only array; optional labels under 'labels' or "
   "'y'); images [N, 28, 28], [N, 28, 28, 1] or [N, 784], uint8 in 0..255 or "
-  "float in [0, 1]."
+  "float in [0, 1]"
 )
+_ACCEPTED_FILES: Final[str] = f"Accepted: {_IMAGE_FILES}."
 
 
 def _pick_key(
@@ -420,9 +422,8 @@ def load_images_file(path: PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     DataError: the file is missing, has an unsupported name or malformed
       content; the message names the path and what is accepted.
   """
-  path = Path(path)
-  if not path.is_file():
-    raise DataError(f"No such file: '{path}'. {_ACCEPTED_FILES}")
+  path = inputs.existing_file(path, f"an images file: {_IMAGE_FILES}",
+                              error=DataError)
   reader = _file_reader(path)
   if reader is None:
     raise DataError(f"Unsupported file name: '{path}'. {_ACCEPTED_FILES}")

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae import rng
+from vae import inputs, rng
 from vae.model import bounds, core, diagnostics
 from vae.model.networks import VAE
 
@@ -223,6 +223,12 @@ def iwae_dataset(params, images, key: jax.Array, k: int, *, model: VAE,
   Returns:
     :class:`vae.model.bounds.IwaeTerms` of NumPy arrays: ``[N]`` bounds and
     mean log-likelihoods, ``[N, L]`` posterior fields.
+
+  Raises:
+    ValueError: k, chunk_size or batch_size not accepted, or no images.
+    ConfigError: a batch's decoder rows (batch x draws per step x pixels,
+      ``bounds.EVAL_BYTES_PER_DECODER_VALUE`` bytes each) cannot fit in the
+      memory available (:func:`vae.inputs.check_memory`); before compiling.
   """
   k = bounds.check_k(k)
   bounds.chunk_layout(k, chunk_size)
@@ -235,6 +241,14 @@ def iwae_dataset(params, images, key: jax.Array, k: int, *, model: VAE,
   if n == 0:
     raise ValueError("images is empty (N = 0); accepted: N >= 1")
   batch_size = min(int(batch_size), n)
+  chunk, _ = bounds.chunk_layout(k, chunk_size)
+  values = math.prod(images.shape[1:])
+  inputs.check_memory(  # refused before compiling: XLA would abort
+      batch_size * chunk * values * bounds.EVAL_BYTES_PER_DECODER_VALUE,
+      f"the k-sample bound with batch_size={batch_size} and {chunk} draws "
+      f"per step (chunk_size={chunk_size}; batch_size x draws x {values} "
+      f"values x 4 bytes x {bounds.EVAL_BYTES_PER_DECODER_VALUE // 4})",
+      "lower batch_size or chunk_size")
   starts = range(0, n, batch_size)
   if progress:
     from tqdm.auto import tqdm

@@ -11,7 +11,6 @@ compiled); the optimizer state beside them is left on disk.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vae import rng
+from vae import inputs, rng
 from vae.errors import CheckpointError, RunError
 from vae.model import core
 from vae.model.networks import VAE, build_model, init_params
@@ -82,12 +81,17 @@ def load_run(workdir: str | Path, which: str | int = "best") -> LoadedRun:
       or an epoch number.
 
   Raises:
-    runs.RunError: not a run directory, or it has no checkpoint.
+    runs.RunError: not a run directory (or its config.json is damaged), or
+      it has no checkpoint.
     checkpoint.CheckpointError: the asked-for checkpoint is missing or corrupt.
   """
   config = runs.load_config(workdir)
-  ckpts = checkpoint.Checkpoints(Path(workdir) / runs.CHECKPOINT_DIR,
-                                 keep_latest=config.keep_checkpoints)
+  ckpt_dir = Path(workdir) / runs.CHECKPOINT_DIR
+  if not ckpt_dir.exists():  # checked here: opening it would create it
+    raise RunError(f"{workdir} has no checkpoint yet (no "
+                   f"{runs.CHECKPOINT_DIR}/ directory)")
+  inputs.existing_dir(ckpt_dir, "the run's checkpoint directory")
+  ckpts = checkpoint.Checkpoints(ckpt_dir, keep_latest=config.keep_checkpoints)
   try:
     which = runs.parse_checkpoint(which)
     epoch = {"best": ckpts.best_epoch, "latest": ckpts.latest_epoch}.get(
@@ -109,7 +113,9 @@ def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
   Returns:
     ``max_relative_param_difference`` (max over leaves of
     max|a - b| / max|b|), ``bitwise_params`` (bool), ``test_elbo_a``,
-    ``test_elbo_b``, ``test_elbo_difference`` (nats), ``epochs``.
+    ``test_elbo_b``, ``test_elbo_difference`` (nats), ``epochs``, and
+    ``bitwise_equal``: the parameters are bitwise equal and so are the
+    recorded test ELBOs of the two checkpoints' epochs.
   """
   a, b = load_run(workdir_a, which), load_run(workdir_b, which)
   leaves_a = jax.tree_util.tree_leaves(jax.device_get(a.params))
@@ -124,10 +130,13 @@ def compare_runs(workdir_a: str | Path, workdir_b: str | Path,
     worst = max(worst, float(np.max(np.abs(x - y))) / scale)
   elbo_a = {r["epoch"]: r["test_elbo"] for r in runs.read_metrics(workdir_a)}
   elbo_b = {r["epoch"]: r["test_elbo"] for r in runs.read_metrics(workdir_b)}
+  bitwise_params = all(np.array_equal(x, y)
+                       for x, y in zip(leaves_a, leaves_b))
   return {"epochs": [a.epoch, b.epoch],
+          "bitwise_equal": bitwise_params and (
+              elbo_a.get(a.epoch) == elbo_b.get(b.epoch)),
           "max_relative_param_difference": worst,
-          "bitwise_params": all(np.array_equal(x, y)
-                                for x, y in zip(leaves_a, leaves_b)),
+          "bitwise_params": bitwise_params,
           "test_elbo_a": elbo_a.get(a.epoch), "test_elbo_b": elbo_b.get(b.epoch),
           "test_elbo_difference": abs(elbo_a.get(a.epoch, np.nan) -
                                       elbo_b.get(b.epoch, np.nan))}
@@ -163,7 +172,9 @@ def run_reference(workdir: str | Path, which: str | int = "latest"
   records = {r["epoch"]: r for r in runs.read_metrics(workdir)}
   metrics = {k: v for k, v in records.get(run.epoch, {}).items()
              if not k.endswith("_s")}
-  provenance = json.loads((workdir / runs.PROVENANCE_FILE).read_text())
+  provenance = inputs.read_json_object(
+      workdir / runs.PROVENANCE_FILE,
+      "a run's provenance.json: a JSON object (written by training)")
   return {"epoch": run.epoch, "numerics": run.config.numerics,
           "param_sha256": param_sha256(run.params), "metrics": metrics,
           "provenance": {k: provenance.get(k) for k in REFERENCE_PROVENANCE}}
@@ -173,6 +184,43 @@ def sweep_reference(sweep_dir: str | Path) -> dict[str, Any]:
   """:func:`run_reference` of every member of a sweep, by name."""
   return {"members": {m.name: run_reference(m)
                       for m in runs.member_dirs(sweep_dir)}}
+
+
+# What a reference file of one run holds (run_reference), by JSON type.
+REFERENCE_KEYS = {"epoch": int, "param_sha256": str, "metrics": dict,
+                  "provenance": dict}
+REFERENCE_EXPECTED = (
+    "a reference file: a JSON object with 'epoch', 'param_sha256', "
+    "'metrics' and 'provenance' (a run) or 'members' (a sweep), as "
+    "scripts/compare.py --write_reference writes it")
+
+
+def read_reference(path: str | Path, *, flag: str | None = None
+                   ) -> dict[str, Any]:
+  """A reference file (:func:`run_reference`, or :func:`sweep_reference`'s
+  ``{"members": {name: reference}}``), checked before it is used.
+
+  Raises:
+    RunError: missing, a directory, empty, truncated, not a JSON object, a
+      key of REFERENCE_KEYS (or ``members``) missing or of another type; one
+      line naming the file (``flag=...`` names the flag too) and what was
+      expected.
+  """
+  where = f"{flag}={str(path)!r}" if flag else str(path)
+  reference = inputs.json_object(
+      inputs.read_json(path, REFERENCE_EXPECTED, flag=flag), where,
+      REFERENCE_EXPECTED)
+  if "members" not in reference:
+    return inputs.json_object(reference, where, REFERENCE_EXPECTED,
+                              REFERENCE_KEYS)
+  members = inputs.json_object(reference, where, REFERENCE_EXPECTED,
+                               {"members": dict})["members"]
+  if not members:
+    raise RunError(f"{where} has no members; expected {REFERENCE_EXPECTED}")
+  for name, member in members.items():
+    inputs.json_object(member, f"{where} (member {name!r})",
+                       REFERENCE_EXPECTED, REFERENCE_KEYS)
+  return reference
 
 
 def compare_to_reference(path: str | Path, reference: dict[str, Any]

@@ -26,6 +26,7 @@ since (:func:`load_config`); this module knows nothing of models.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from typing import Any, Iterable, Mapping
 import ml_collections
 
 from vae import config as config_lib
+from vae import inputs
 from vae.errors import RunError
 
 CONFIG_FILE = "config.json"
@@ -84,8 +86,13 @@ def _write_json_synced(path: Path, obj: Any) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
   """Write ``obj`` as JSON to ``path`` via a temporary file and a rename."""
   tmp = path.with_name(path.name + ".tmp")
-  _write_json_synced(tmp, obj)
-  os.replace(tmp, path)
+  try:
+    _write_json_synced(tmp, obj)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      tmp.unlink()  # a failed write leaves nothing behind
+    raise
 
 
 def write_json_once(path: Path, obj: Any) -> bool:
@@ -104,18 +111,45 @@ def write_json_once(path: Path, obj: Any) -> bool:
     tmp.unlink()
 
 
+# Keys (and their JSON types) every saved run config has held since the
+# first version of the library: a config.json without them is not a run's.
+RUN_CONFIG_KEYS = {"dataset": str, "architecture": str, "latent_dim": int,
+                   "num_epochs": int}
+SWEEP_CONFIG_KEYS = {**RUN_CONFIG_KEYS, "sweep": dict}
+
+
+def read_config_dict(workdir: str | os.PathLike, *,
+                     name: str = CONFIG_FILE) -> dict[str, Any]:
+  """The config saved in a run directory (``name``: CONFIG_FILE) or a sweep
+  directory (SWEEP_CONFIG_FILE), as the JSON object it holds.
+
+  Raises:
+    RunError: ``workdir`` is missing or a file, or the file is missing,
+      empty, truncated, not a JSON object or lacks RUN_CONFIG_KEYS (or
+      SWEEP_CONFIG_KEYS); one line naming the path and what was expected.
+  """
+  sweep = name == SWEEP_CONFIG_FILE
+  kind = "sweep" if sweep else "run"
+  inputs.existing_dir(workdir, f"a {kind} directory (it holds {name})")
+  keys = SWEEP_CONFIG_KEYS if sweep else RUN_CONFIG_KEYS
+  return inputs.read_json_object(
+      Path(workdir) / name,
+      f"a {kind} directory's {name}: a JSON object of config fields with "
+      f"{', '.join(repr(k) for k in keys)} (written by scripts/"
+      f"{'sweep' if sweep else 'train'}.py)", keys)
+
+
 def read_config(workdir: str | os.PathLike, defaults: Mapping[str, Any], *,
                 name: str = CONFIG_FILE) -> ml_collections.ConfigDict:
   """The resolved config saved in a run directory (``name``: CONFIG_FILE,
   or SWEEP_CONFIG_FILE in a sweep directory); fields the library added
-  after the run was made take their value from ``defaults``."""
-  path = Path(workdir) / name
-  if not path.exists():
-    kind = "run" if name == CONFIG_FILE else "sweep"
-    raise RunError(f"{path} does not exist: {workdir} is not a {kind} "
-                   "directory")
+  after the run was made take their value from ``defaults``.
+
+  Raises:
+    RunError: see :func:`read_config_dict`.
+  """
   d = dict(defaults)
-  d.update(json.loads(path.read_text()))  # fields newer than the run: defaults
+  d.update(read_config_dict(workdir, name=name))  # newer fields: defaults
   for key, value in d.items():
     if isinstance(value, list):
       d[key] = tuple(value)
@@ -144,12 +178,18 @@ def load_sweep_config(sweep_dir: str | os.PathLike) -> ml_collections.ConfigDict
 
 
 def ensure_writable(workdir: str | os.PathLike) -> Path:
-  """Create ``workdir`` if needed and check that files can be written in it.
+  """Create ``workdir`` if needed and check that files can be written in it;
+  a run already there must have a readable ``config.json``. Nothing is left
+  in it (the probe file is removed), so a refusal after this writes nothing.
 
   Raises:
-    RunError: it cannot be created or written.
+    RunError: it is a file, it cannot be created or written, or its
+      ``config.json`` is damaged (see :func:`read_config_dict`).
   """
-  workdir = Path(workdir)
+  workdir = inputs.dir_or_absent(workdir,
+                                 "a run directory (created if missing)")
+  if (workdir / CONFIG_FILE).exists():
+    read_config_dict(workdir)
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / ".write_test"
@@ -169,10 +209,9 @@ def check_resumable(workdir: str | os.PathLike, new: Mapping[str, Any],
   Raises:
     RunError: naming every changed field, old and new values.
   """
-  path = Path(workdir) / CONFIG_FILE
-  if not path.exists():
+  if not (Path(workdir) / CONFIG_FILE).exists():
     return
-  old = {**defaults, **json.loads(path.read_text())}
+  old = {**defaults, **read_config_dict(workdir)}
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
   if changed:
@@ -296,9 +335,8 @@ def parse_checkpoint(which: str | int) -> str | int:
 def member_dirs(sweep_dir: str | os.PathLike) -> list[Path]:
   """The member runs of a sweep directory: its subdirectories holding
   ``config.json``, sorted by name."""
-  sweep_dir = Path(sweep_dir)
-  if not sweep_dir.is_dir():
-    raise RunError(f"sweep directory {sweep_dir} does not exist")
+  sweep_dir = inputs.existing_dir(
+      sweep_dir, "a sweep directory (whose subdirectories are runs)")
   return sorted(p for p in sweep_dir.iterdir()
                 if p.is_dir() and (p / CONFIG_FILE).is_file())
 
@@ -316,10 +354,8 @@ def find_runs(path: str | Path) -> tuple[bool, list[Path]]:
   path = Path(path)
   if (path / CONFIG_FILE).is_file():
     return False, [path]
-  if not path.is_dir():
-    raise RunError(f"{path} does not exist or is not a directory; "
-                   "accepted: a run directory (holds config.json) or a "
-                   "sweep directory (whose subdirectories are runs)")
+  inputs.existing_dir(path, f"a run directory (holds {CONFIG_FILE}) or a "
+                      "sweep directory (whose subdirectories are runs)")
   members = member_dirs(path)
   if not members:
     raise RunError(f"{path} is neither a run directory (no "

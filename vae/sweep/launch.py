@@ -15,11 +15,13 @@ trains only what is unfinished (every member resumes from its checkpoint).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import ml_collections
 
+from vae import config as config_lib
 from vae import numerics
 from vae.sweep import report, shards, runner as sweep
 from vae.store import runs
@@ -58,17 +60,29 @@ def launch(config: ml_collections.ConfigDict, workdir: str | Path,
       "gpu", "timeout_min": 600}``).
 
   Raises:
-    RunError: a shard still failed after the retries (its log is named).
+    RunError: a shard still failed after the retries (its log is named);
+      or, before anything is written: the executor is unknown or cannot run
+      here (``slurm`` without SLURM's ``srun``), submitit is not installed,
+      or the workdir cannot hold the sweep.
+    ConfigError: ``count`` < 1, or a group cannot fit in memory.
   """
-  import submitit  # optional: pip install '.[cluster]'
-
   if executor not in EXECUTORS:
     raise RunError(f"executor={executor!r} is not accepted: one of "
                    f"{EXECUTORS}")
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  sweep.record_sweep_config(workdir, config)
   plan = shards.plan(config, count)
+  if executor == "slurm" and shutil.which("srun") is None:
+    raise RunError("executor='slurm' is not accepted here: SLURM's srun is "
+                   "not on PATH (not a SLURM login node?); use the local "
+                   "executor, or launch from a machine of the cluster")
+  try:
+    import submitit  # optional: pip install '.[cluster]'
+  except ImportError:
+    raise RunError("launching shards needs submitit, which is not installed: "
+                   "pip install '.[cluster]'") from None
+  for shard_plan in plan:
+    for block in shard_plan:
+      config_lib.check_training_memory([c for _, c in block])
+  workdir = sweep.prepare_sweep_dir(workdir, config)
   todo = [i for i in range(count) if plan[i]]
   ex = submitit.AutoExecutor(folder=workdir / SUBMITIT_DIR, cluster=executor)
   ex.update_parameters(**{"timeout_min": 24 * 60, **(parameters or {})})

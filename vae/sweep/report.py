@@ -19,9 +19,16 @@ from vae import config as config_lib
 from vae.store import checkpoint, runs
 from vae.sweep import grouping
 
-TABLE_COLUMNS = ("member", "beta", "seed", "kl_schedule", "test_elbo",
-                 "test_recon", "test_kl", "seconds", "status")
+# The sweep table: the member, then the config fields whose values differ
+# between its rows (the swept ones: beta and seed, objective and
+# num_samples...), then these.
+METRIC_COLUMNS = ("test_elbo", "test_recon", "test_kl", "seconds", "status")
+TABLE_COLUMNS = ("member",) + METRIC_COLUMNS  # the columns every table has
 EVAL_COLUMNS = ("nll", "active_units", "mutual_information", "collapse")
+# Fields of a sweep row (member_row) that are not config fields.
+_ROW_FIELDS = {"member", "family", "test_elbo", "test_recon", "test_kl",
+               "rate", "distortion", "status", "best_epoch", "epochs",
+               "seconds", *EVAL_COLUMNS}
 
 
 def member_row(name: str, member: ml_collections.ConfigDict, axes: list[str],
@@ -95,10 +102,20 @@ def sweep_rows(sweep_dir: str | Path,
           for name, member in named]
 
 
+def varying_fields(rows: list[dict[str, Any]]) -> list[str]:
+  """The config fields of the rows whose values are not all equal, in the
+  rows' order (the swept fields first)."""
+  fields = [k for k in dict.fromkeys(k for r in rows for k in r)
+            if k not in _ROW_FIELDS]
+  return [k for k in fields if len({repr(r.get(k)) for r in rows}) > 1]
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> str:
-  """A plain-text table of the rows (nats per example)."""
-  columns = TABLE_COLUMNS + tuple(c for c in EVAL_COLUMNS
-                                  if any(c in r for r in rows))
+  """A plain-text table of the rows (nats per example): the member, the
+  config fields that vary between the rows (:func:`varying_fields`), the
+  final test metrics, and the evaluation's columns where rows have them."""
+  columns = (("member", *varying_fields(rows)) + METRIC_COLUMNS
+             + tuple(c for c in EVAL_COLUMNS if any(c in r for r in rows)))
   widths = {c: max(len(c), *(len(_cell(r.get(c))) for r in rows))
             for c in columns}
   lines = ["  ".join(f"{c:>{widths[c]}}" for c in columns)]

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from vae import config as config_lib
-from vae import errors, numerics
+from vae import errors, inputs, numerics
 from vae.evals import evaluate
 from vae.evals.evaluator import BoundSettings
 from vae.store import runs
@@ -55,15 +55,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | Path, *,
   """
   named = grouping.members(config)
   numerics.check(numerics_mode(config))
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  record_sweep_config(workdir, config)
-  devices = jax.devices() if devices is None else devices
   if shard is None:
     work, label = grouping.groups(named), ""
   else:
     work = shards.plan(config, shard.count)[shard.index]
     label = f"shard {shard.index}/{shard.count}, "
+  for group in work:  # refused before anything is written
+    config_lib.check_training_memory([c for _, c in group])
+  workdir = prepare_sweep_dir(workdir, config)
+  devices = jax.devices() if devices is None else devices
   for index, group in enumerate(work):
     names = [n for n, _ in group]
     desc = f"{label}group {index + 1}: {len(group)} member(s)"
@@ -98,15 +98,35 @@ def numerics_mode(config: ml_collections.ConfigDict) -> str:
   return modes[0]
 
 
+def prepare_sweep_dir(workdir: str | Path, config: ml_collections.ConfigDict
+                      ) -> Path:
+  """Create the sweep directory if needed and record its config
+  (:func:`record_sweep_config`).
+
+  Raises:
+    errors.RunError: ``workdir`` is a file, or holds another sweep (or a
+      damaged ``sweep_config.json``).
+  """
+  workdir = inputs.dir_or_absent(workdir,
+                                 "a sweep directory (created if missing)")
+  workdir.mkdir(parents=True, exist_ok=True)
+  record_sweep_config(workdir, config)
+  return workdir
+
+
 def record_sweep_config(workdir: Path, config: ml_collections.ConfigDict
                         ) -> None:
   """Write ``sweep_config.json`` once (of racing shards, one writes it);
-  a directory holding another sweep's config is refused."""
+  a directory holding another sweep's config (or a damaged one) is
+  refused."""
   new = config_lib.config_to_dict(config)
   path = workdir / runs.SWEEP_CONFIG_FILE
-  if runs.write_json_once(path, new):
+  if path.exists():  # read (and checked) before anything is written
+    old = runs.read_config_dict(workdir, name=runs.SWEEP_CONFIG_FILE)
+  elif runs.write_json_once(path, new):
     return
-  old = json.loads(path.read_text())
+  else:  # another shard wrote it first
+    old = runs.read_config_dict(workdir, name=runs.SWEEP_CONFIG_FILE)
   new = json.loads(json.dumps(new))  # tuples as JSON lists, like old's
   if old != new:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)

@@ -39,7 +39,7 @@ class Shard(NamedTuple):
 
 
 def parse_shard(text: str) -> Shard:
-  """``"I/N"`` -> ``Shard(I, N)``.
+  """``"I/N"`` (the ``--shard`` flag) -> ``Shard(I, N)``.
 
   Raises:
     ConfigError: not of that form, or not 0 <= I < N.
@@ -51,19 +51,39 @@ def parse_shard(text: str) -> Shard:
   return Shard(int(match[1]), int(match[2]))
 
 
+def _shard_of(env: Mapping[str, str], index_var: str, count_var: str,
+              accepted: str) -> Shard:
+  """The shard that two environment variables name; a bad value is refused
+  naming both variables and their values (not ``--shard``)."""
+  index, count = env[index_var].strip(), env[count_var].strip()
+  if not (index.isdigit() and count.isdigit()
+          and 0 <= int(index) < int(count)):
+    raise ConfigError(
+        f"{index_var}={env[index_var]!r} with {count_var}={env[count_var]!r} "
+        f"is not accepted: {accepted}")
+  return Shard(int(index), int(count))
+
+
 def shard_from_environment(env: Mapping[str, str] | None = None
                            ) -> Shard | None:
-  """The shard a scheduler assigned this process, or None outside one."""
+  """The shard a scheduler assigned this process, or None outside one.
+
+  Raises:
+    ConfigError: the variables are set but do not name a shard; the
+      message names the variables, not ``--shard``.
+  """
   env = os.environ if env is None else env
   if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-    return parse_shard(f"{env['SLURM_ARRAY_TASK_ID']}/"
-                       f"{env['SLURM_ARRAY_TASK_COUNT']}")
+    return _shard_of(env, "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+                     "integers with 0 <= task id < task count (a 0-based "
+                     "array: sbatch --array=0-(N-1)), or pass --shard I/N")
   if "JOB_COMPLETION_INDEX" in env:
     if "VAE_SHARD_COUNT" not in env:
       raise ConfigError("JOB_COMPLETION_INDEX is set but VAE_SHARD_COUNT "
                         "is not: set it to the Job's completions")
-    return parse_shard(f"{env['JOB_COMPLETION_INDEX']}/"
-                       f"{env['VAE_SHARD_COUNT']}")
+    return _shard_of(env, "JOB_COMPLETION_INDEX", "VAE_SHARD_COUNT",
+                     "integers with 0 <= index < count (VAE_SHARD_COUNT: "
+                     "the Job's completions), or pass --shard I/N")
   return None
 
 

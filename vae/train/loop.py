@@ -110,6 +110,7 @@ def fit_members(configs: list[ml_collections.ConfigDict],
     raise ValueError("fit_members needs one workdir per config")
   for config in configs:
     config_lib.validate(config)
+  config_lib.check_training_memory(configs)
   numerics.check(configs[0].numerics)
   if len({trainer_lib.static_signature(c) for c in configs}) > 1:
     raise ConfigError(
