@@ -603,7 +603,7 @@ def test_evaluate_run_rejects_other_bad_input(tiny_run, tmp_path):
   with pytest.raises(data.DataError, match="at least 2"):
     evaluate.evaluate_run(tiny_run, evaluator.BoundSettings(k=2),
                           data_path=small)
-  with pytest.raises(runs.RunError, match="not a run directory"):
+  with pytest.raises(runs.RunError, match="expected a run directory"):
     evaluate.evaluate_run(tmp_path, evaluator.BoundSettings(k=2))
   with pytest.raises(runs.RunError, match="checkpoint 'first' is not accepted"):
     evaluate.evaluate_run(tiny_run, evaluator.BoundSettings(k=2),
