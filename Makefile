@@ -32,12 +32,13 @@ run: $(STAMP)
 	$(PY) scripts/sweep.py --config experiments/beta_sweep.py:small --workdir runs/beta_sweep_small
 
 # The test suite (CPU, offline), and the long checks marked slow (minutes;
-# CI runs both).
+# CI runs both), each spread over TEST_WORKERS processes (pytest-xdist).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m slow
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py

@@ -62,7 +62,9 @@ def test_quick_variant_of_each_run_experiment_trains(tmp_path, name):
   assert records[-1]["test_elbo"] < 0 and records[-1]["test_elbo"] > -600
 
 
-@pytest.mark.parametrize("name", ["kl_weight_sweep", "logits_vs_sigmoid"])
+# kl_weight_sweep in the slow suite: the same sweep code as logits_vs_sigmoid.
+@pytest.mark.parametrize("name", [
+    pytest.param("kl_weight_sweep", marks=pytest.mark.slow), "logits_vs_sigmoid"])
 def test_quick_variant_of_each_sweep_experiment_trains(tmp_path, name):
   rows = sweep.run_sweep(load(name, "quick"), tmp_path, progress=False, log=lambda s: None)
   assert all(r["status"] == "finished" for r in rows)

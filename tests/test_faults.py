@@ -123,7 +123,10 @@ def five_epochs(tmp_path_factory):
   return workdir
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+# truncate and flip in the slow suite; test_checkpoint damages each file.
+@pytest.mark.parametrize("damage", [
+    pytest.param("truncate", marks=pytest.mark.slow),
+    pytest.param("flip", marks=pytest.mark.slow), "delete"])
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, damage,
                                                           five_epochs):
   train.fit(tiny(num_epochs=3), tmp_path / "a", progress=False, log=_quiet)
@@ -193,6 +196,9 @@ def test_on_nan_skip_skips_and_counts_non_finite_updates(tmp_path, monkeypatch):
     np.testing.assert_array_equal(x, np.asarray(y)[0])  # every update was skipped
 
 
+# Slow suite: test_refused_second_process_writes_nothing_into_the_live_run
+# keeps the refusal in the default one.
+@pytest.mark.slow
 def test_second_process_on_a_live_workdir_is_refused_and_stale_lock_taken_over(tmp_path):
   workdir = tmp_path / "run"
   first = _start(workdir, epochs=400)
@@ -372,6 +378,8 @@ def _product_digest(mode, cores=None, nproc=None):
                   lambda: os.sched_setaffinity(0, cores))).stdout.strip()
 
 
+# Slow suite: three processes on different core sets.
+@pytest.mark.slow
 def test_portable_numerics_gives_the_same_bits_on_any_thread_pool_size():
   cores = sorted(os.sched_getaffinity(0))
   if len(cores) < 2:
@@ -477,6 +485,8 @@ def test_a_byte_flipped_gzip_file_is_one_data_error(tmp_path):
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
 
 
+# Slow suite: the first SIGTERM's path is in the default one.
+@pytest.mark.slow
 def test_a_second_sigterm_stops_at_once_with_75_and_no_traceback(tmp_path):
   workdir = tmp_path / "run"
   proc = _start(workdir, epochs=400)

@@ -153,9 +153,13 @@ def test_sweep_member_equals_standalone_run_bitwise(tmp_path):
   assert by["beta2_seed1"]["rate"] < by["beta0.5_seed1"]["rate"]
 
 
+# All in the slow suite (CI runs it): groups of 1, 2 and 3 are three
+# compilations; test_sweep_member_equals_standalone_run_bitwise keeps a
+# member-versus-standalone check in the default one.
 @pytest.mark.parametrize("arch", [
-    {"hidden_sizes": (48, 24), "latent_dim": 5, "activation": "tanh",
-     "binarize": "dynamic", "batch_size": 40},
+    pytest.param({"hidden_sizes": (48, 24), "latent_dim": 5,
+                  "activation": "tanh", "binarize": "dynamic",
+                  "batch_size": 40}, marks=pytest.mark.slow, id="mlp"),
     # Conv and batch-norm groups run their members one after another (each
     # through the standalone program, by construction): minutes of
     # compilation for groups of 1, 2 and 3, so in the slow suite.
@@ -192,6 +196,8 @@ def test_member_count_never_changes_a_members_bits(arch):
       np.testing.assert_array_equal(x, y)
 
 
+# Slow suite (CI runs it): the default suite's resume checks are a single run's.
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_to_the_same_result(tmp_path):
   axes = {"beta": (0.5, 2.0)}
   sweep.run_sweep(_sweep_config(axes, num_epochs=1, checkpoint_every_epochs=1),
@@ -246,6 +252,8 @@ print(json.dumps({"worst_relative": worst}))
 """
 
 
+# Slow suite: four devices in a subprocess; test_shards keeps an in-process shard check.
+@pytest.mark.slow
 def test_member_axis_sharded_over_four_cpu_devices_matches_unsharded(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -267,6 +275,8 @@ def test_member_devices_one_per_member_at_most_and_bad_cpu_device_counts():
     devices_lib.use_cpu_cores_as_devices(-1)
 
 
+# Slow suite: a sweep plus its evaluation; test_evaluate covers the bound.
+@pytest.mark.slow
 def test_sweep_table_carries_evaluation_when_asked(tmp_path):
   config = _sweep_config({"beta": (0.5, 200.0)}, num_epochs=2, eval_k=8)
   rows = sweep.run_sweep(config, tmp_path, progress=False, log=lambda s: None)
