@@ -153,20 +153,20 @@ def test_sweep_member_equals_standalone_run_bitwise(tmp_path):
   assert by["beta2_seed1"]["rate"] < by["beta0.5_seed1"]["rate"]
 
 
-# All in the slow suite (CI runs it): groups of 1, 2 and 3 are three
-# compilations; test_sweep_member_equals_standalone_run_bitwise keeps a
+# In the slow suite (CI runs it): groups of 1, 2 and 3 are three
+# compilations per architecture (minutes for conv and batch norm, whose
+# members run one after another through the standalone program);
+# test_sweep_member_equals_standalone_run_bitwise keeps a
 # member-versus-standalone check in the default one.
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [
     pytest.param({"hidden_sizes": (48, 24), "latent_dim": 5,
                   "activation": "tanh", "binarize": "dynamic",
-                  "batch_size": 40}, marks=pytest.mark.slow, id="mlp"),
-    # Conv and batch-norm groups run their members one after another (each
-    # through the standalone program, by construction): minutes of
-    # compilation for groups of 1, 2 and 3, so in the slow suite.
+                  "batch_size": 40}, id="mlp"),
     pytest.param({"architecture": "conv", "conv_features": (4, 8),
-                  "latent_dim": 3}, marks=pytest.mark.slow, id="conv"),
+                  "latent_dim": 3}, id="conv"),
     pytest.param({"hidden_sizes": (32,), "batch_norm": True, "latent_dim": 2},
-                 marks=pytest.mark.slow, id="batch_norm"),
+                 id="batch_norm"),
 ])
 def test_member_count_never_changes_a_members_bits(arch):
   """A member (seed 1) trained in groups of 1, 2 and 3 members: the same
